@@ -1,0 +1,5 @@
+import sys
+
+from transferkit.cli import main
+
+sys.exit(main())

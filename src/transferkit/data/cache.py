@@ -1,0 +1,80 @@
+"""Decode once, then memory-map: cached uint8 arrays keyed by the source files' identity.
+
+The key is the data set, split, format and each source file's path, size and modification
+time, so replacing or editing a file invalidates its cache. Entries are written to a
+temporary folder and renamed into place, so an interrupted decode never leaves a half cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.data.images import ImageSet, RaggedImages
+
+CACHE_VERSION = 1
+
+
+def cache_key(parts: dict[str, object], files: list[Path]) -> str:
+    identity = dict(parts, version=CACHE_VERSION, files=[])
+    for path in files:
+        stat = path.stat()
+        identity["files"].append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    blob = json.dumps(identity, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _save(directory: Path, image_set: ImageSet) -> None:
+    images = image_set.images
+    if isinstance(images, RaggedImages):
+        np.save(directory / "pixels.npy", images.pixels)
+        np.save(directory / "offsets.npy", images.offsets)
+        np.save(directory / "shapes.npy", images.shapes)
+    else:
+        np.save(directory / "images.npy", images)
+    np.save(directory / "labels.npy", image_set.labels)
+    (directory / "classes.json").write_text(json.dumps(list(image_set.classes)))
+
+
+def _load(directory: Path) -> ImageSet:
+    def array(name: str) -> np.ndarray:
+        return np.load(directory / name, mmap_mode="r")
+
+    if (directory / "images.npy").exists():
+        images: np.ndarray | RaggedImages = array("images.npy")
+    else:
+        images = RaggedImages(array("pixels.npy"), array("offsets.npy"), array("shapes.npy"))
+    classes = tuple(json.loads((directory / "classes.json").read_text()))
+    return ImageSet(images, np.asarray(array("labels.npy")), classes)
+
+
+def cached(
+    root: Path, name: str, key: str, build: Callable[[], ImageSet]
+) -> tuple[ImageSet, bool]:
+    """The cached set under ``root/name-key``, building and storing it on a miss.
+
+    Returns the set and whether it came from the cache. A cache that cannot be written
+    (read-only home) is not an error: the decoded set is returned uncached.
+    """
+    directory = root / f"{name}-{key}"
+    if (directory / "classes.json").exists():
+        return _load(directory), True
+    image_set = build()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        _save(staging, image_set)
+        try:
+            os.replace(staging, directory)
+        except OSError:  # another process won the race; its copy is as good as ours
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError:
+        return image_set, False
+    return _load(directory), False

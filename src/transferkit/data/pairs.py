@@ -1,0 +1,136 @@
+"""Domain pairs for unsupervised domain adaptation: a labelled source, an unlabelled target.
+
+Both domains get one preprocessing, as in Ganin et al. 2016 (§5.2): grey images repeated to
+three channels, both resized to a common size, and the per-channel mean of the training
+images of both domains subtracted. Resizing is done once, here, on uint8 arrays; the mean is
+subtracted per batch by :meth:`DomainPair.normalize`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transferkit.data.images import ImageSet
+from transferkit.data.loading import load_split
+from transferkit.errors import TransferkitError
+
+
+def to_common_form(image_set: ImageSet, size: int, channels: int = 3) -> torch.Tensor:
+    """uint8 N×C×size×size: grey repeated to RGB, resized (bilinear, antialiased) if needed."""
+    images, _ = image_set.to_tensors()
+    if images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1)
+    elif images.shape[1] != channels:
+        raise TransferkitError(f"cannot turn {images.shape[1]}-channel images into {channels}")
+    if images.shape[-2:] == (size, size):
+        return images.contiguous()
+    out = torch.empty((len(images), channels, size, size), dtype=torch.uint8)
+    for start in range(0, len(images), 4096):  # bounded memory for the float copy
+        chunk = images[start : start + 4096].float()
+        resized = F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True,
+                                align_corners=False)
+        out[start : start + 4096] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+@dataclass(frozen=True)
+class DomainSplit:
+    images: torch.Tensor  # uint8 N×C×H×W
+    labels: torch.Tensor  # int64 N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class DomainPair:
+    """``source_train`` and ``source_test`` are labelled; ``target_train`` is for adaptation
+    without its labels (``target_train.labels`` exist only for the train-on-target oracle);
+    ``target_test`` gives the final number only."""
+
+    source: str
+    target: str
+    classes: tuple[str, ...]
+    source_train: DomainSplit
+    source_test: DomainSplit | None
+    target_train: DomainSplit
+    target_test: DomainSplit
+    mean: torch.Tensor  # per-channel mean of source and target training pixels, in [0, 1]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.source_train.images.shape[-1])
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N×C×H×W → float in [0, 1] minus the pair's mean (on the images' device)."""
+        mean = self.mean.to(images.device).view(1, -1, 1, 1)
+        return images.float().div_(255.0).sub_(mean)
+
+
+def check_same_classes(source: str, source_classes: tuple[str, ...], target: str,
+                       target_classes: tuple[str, ...]) -> None:
+    if tuple(source_classes) != tuple(target_classes):
+        only_source = sorted(set(source_classes) - set(target_classes))
+        only_target = sorted(set(target_classes) - set(source_classes))
+        detail = (
+            f"only in {source}: {only_source or 'none'}; only in {target}: {only_target or 'none'}"
+            if only_source or only_target else "same names in a different order"
+        )
+        raise TransferkitError(
+            f"{source} → {target}: label spaces differ ({len(source_classes)} vs "
+            f"{len(target_classes)} classes; {detail})"
+        )
+
+
+def _pixel_mean(*splits: torch.Tensor) -> torch.Tensor:
+    total = torch.zeros(splits[0].shape[1], dtype=torch.float64)
+    count = 0
+    for images in splits:
+        for start in range(0, len(images), 8192):
+            chunk = images[start : start + 8192]
+            total += chunk.double().sum(dim=(0, 2, 3))
+            count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+    return (total / count / 255.0).float()
+
+
+def load_pair(
+    source: str, target: str, size: int | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+) -> DomainPair:
+    """Load ``source`` (train, and test if it has one) and ``target`` (train, test) as one pair.
+
+    ``size`` defaults to the larger image side of the two domains.
+    """
+    parts = {
+        ("source", "train"): load_split(source, "train", data_root),
+        ("target", "train"): load_split(target, "train", data_root),
+        ("target", "test"): load_split(target, "test", data_root),
+    }
+    try:
+        parts[("source", "test")] = load_split(source, "test", data_root)
+    except TransferkitError as exc:
+        if "has no split" not in str(exc):
+            raise
+    check_same_classes(source, parts[("source", "train")].classes, target,
+                       parts[("target", "train")].classes)
+    if size is None:
+        shapes = [p.image_shape for p in parts.values()]
+        if any(s is None for s in shapes):
+            raise TransferkitError("images differ in size within a split: pass size=")
+        size = max(max(s[0], s[1]) for s in shapes if s is not None)
+    splits = {
+        key: DomainSplit(to_common_form(part, size), torch.from_numpy(np.array(part.labels)))
+        for key, part in parts.items()
+    }
+    mean = _pixel_mean(splits[("source", "train")].images, splits[("target", "train")].images)
+    return DomainPair(
+        source=source, target=target, classes=parts[("source", "train")].classes,
+        source_train=splits[("source", "train")], source_test=splits.get(("source", "test")),
+        target_train=splits[("target", "train")], target_test=splits[("target", "test")],
+        mean=mean,
+    )

@@ -1,0 +1,118 @@
+"""Small fake data files in each official format, written with the formats' own rules."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def random_images(n: int, side: int, channels: int, seed: int = 0) -> np.ndarray:
+    shape = (n, side, side, channels)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def encode(image: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    pixels = image[:, :, 0] if image.shape[2] == 1 else image
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    Image.fromarray(pixels).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def write_idx(directory: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape[:3]
+    with gzip.open(directory / f"{prefix}-images-idx3-ubyte.gz", "wb") as out:
+        out.write(struct.pack(">BBBBIII", 0, 0, 8, 3, n, h, w) + images[..., 0].tobytes())
+    with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as out:
+        out.write(struct.pack(">BBBBI", 0, 0, 8, 1, n) + labels.astype(np.uint8).tobytes())
+
+
+def write_image_zip(path: Path, images: np.ndarray, labels, extra: dict | None = None,
+                    csv_rows: list[str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = csv_rows if csv_rows is not None else [
+        f"{i:08d}.webp,{label}" for i, label in enumerate(labels)
+    ]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for i, image in enumerate(images):
+            archive.writestr(f"{i:08d}.webp", encode(image, "WEBP"))
+        archive.writestr("labels.csv", "file,label\n" + "\n".join(rows) + "\n")
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+
+
+def write_image_folder(root: Path, images: np.ndarray, labels, classes: list[str]) -> None:
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (root / classes[label] / f"img{i:04d}.png").write_bytes(encode(image, "PNG"))
+
+
+def write_svhn_mat(path: Path, images: np.ndarray, digits: np.ndarray) -> None:
+    from scipy.io import savemat
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    svhn_labels = np.where(digits == 0, 10, digits).astype(np.uint8).reshape(-1, 1)
+    savemat(path, {"X": images.transpose(1, 2, 3, 0), "y": svhn_labels})
+
+
+def write_usps_bz2(path: Path, images: np.ndarray, digits: np.ndarray) -> None:
+    """LIBSVM lines: label = digit + 1, 256 values in [-1, 1] (zeros omitted, as LIBSVM does)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for image, digit in zip(images, digits, strict=True):
+        values = image.reshape(-1).astype(np.float64) / 127.5 - 1.0
+        fields = [f"{i + 1}:{v:.6f}" for i, v in enumerate(values) if v != 0.0]
+        lines.append(" ".join([str(int(digit) + 1), *fields]))
+    path.write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
+
+
+def write_gtsrb_train_zip(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = f"GTSRB/Training/{label:05d}"
+            archive.writestr(f"{folder}/00000_{i:05d}.ppm", encode(image, "PPM"))
+        for label in sorted(set(labels.tolist())):
+            archive.writestr(f"GTSRB/Training/{label:05d}/GT-{label:05d}.csv",
+                             "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n")
+
+
+def write_gtsrb_test_zips(directory: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
+    with zipfile.ZipFile(directory / "GTSRB_Final_Test_Images.zip", "w") as archive:
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            archive.writestr(f"GTSRB/Final_Test/Images/{i:05d}.ppm", encode(image, "PPM"))
+            h, w = image.shape[:2]
+            rows.append(f"{i:05d}.ppm;{w};{h};0;0;{w - 1};{h - 1};{label}")
+    with zipfile.ZipFile(directory / "GTSRB_Final_Test_GT.zip", "w") as archive:
+        archive.writestr("GT-final_test.csv", "\n".join(rows) + "\n")
+
+
+def write_mnist_m_release(directory: Path, split: str, images: np.ndarray, labels) -> None:
+    folder = directory / f"mnist_m_{split}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (folder / f"{i:08d}.png").write_bytes(encode(image, "PNG"))
+        lines.append(f"{i:08d}.png {label}")
+    (directory / f"mnist_m_{split}_labels.txt").write_text("\n".join(lines) + "\n")
+
+
+def write_manifest(root: Path, files: list[Path]) -> None:
+    """A SHA256SUMS at ``root`` listing ``files`` by their path from it, as the mirror does."""
+    lines = [
+        f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(root).as_posix()}"
+        for f in files
+    ]
+    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
