@@ -116,3 +116,26 @@ def write_manifest(root: Path, files: list[Path]) -> None:
         for f in files
     ]
     (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def write_digit_pair(root: Path, n_train: int = 96, n_test: int = 32) -> Path:
+    """Tiny MNIST (idx) and MNIST-M (mirror zips) under ``root`` whose digits are learnable:
+    each class is a bright square at its own position, on noise (MNIST-M: coloured noise)."""
+    rng = np.random.default_rng(0)
+
+    def draw(n: int, side: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, (n, side, side, channels), dtype=np.uint8)
+        for image, label in zip(images, labels, strict=True):
+            row, col = 2 + (label // 5) * 12, 2 + (label % 5) * 5
+            image[row : row + 8, col : col + 4] = 255
+        return images, labels
+
+    images, labels = draw(n_train, 28, 1)
+    write_idx(root / "mnist", "train", images, labels)
+    images, labels = draw(n_test, 28, 1)
+    write_idx(root / "mnist", "t10k", images, labels)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = draw(n, 28, 3)
+        write_image_zip(root / "mnist_m" / f"{split}.zip", images, labels)
+    return root

@@ -1,0 +1,238 @@
+"""The notebook-facing object: hyper-parameters in the constructor, ``fit`` returns self,
+``predict`` and ``score`` after it.
+
+>>> from transferkit import DomainAdapter
+>>> adapter = DomainAdapter(method="dann", epochs=10).fit("mnist", "mnist_m")  # doctest: +SKIP
+>>> adapter.score()  # target-test accuracy  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from transferkit.data.pairs import DomainPair, DomainSplit, load_pair
+from transferkit.errors import TransferkitError
+from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
+from transferkit.models import NETWORKS, DigitNetwork
+from transferkit.training.device import resolve_device
+from transferkit.training.loop import TrainConfig, evaluate, fit
+
+# The paper's network and input size for each of its pairs (Ganin et al. 2016, §5.2).
+PAIR_NETWORKS: dict[tuple[str, str], tuple[str, int]] = {
+    ("mnist", "mnist_m"): ("mnist", 28),
+    ("syn_digits", "svhn"): ("svhn", 32),
+    ("svhn", "mnist"): ("svhn", 32),
+    ("syn_signs", "gtsrb"): ("gtsrb", 40),
+}
+
+
+def default_network(source: str, target: str, num_classes: int) -> tuple[str, int]:
+    """The paper's choice for its pairs; otherwise the sign net for 43 classes, else SVHN's."""
+    if (source, target) in PAIR_NETWORKS:
+        return PAIR_NETWORKS[(source, target)]
+    return ("gtsrb", 40) if num_classes == 43 else ("svhn", 32)
+
+
+@torch.no_grad()
+def extract_features(model: Method, split: DomainSplit, pair: DomainPair,
+                     batch_size: int = 1024) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(split), batch_size):
+        images = pair.normalize(split.images[start : start + batch_size].to(device))
+        chunks.append(model.features(images.contiguous(memory_format=torch.channels_last)).cpu())
+    return torch.cat(chunks).numpy()
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+class DomainAdapter:
+    """Unsupervised domain adaptation from a labelled source to an unlabelled target.
+
+    ``method``: ``source_only``, ``sa`` (Subspace Alignment on the source-only network's
+    features), ``dann``, or ``target_only`` (oracle: trains on target labels).
+    Model selection never looks at target-test labels: the last epoch is kept
+    (``selected_by`` says so), and SA's subspace size is chosen on source data.
+    """
+
+    def __init__(self, method: str = "dann", network: str | None = None,
+                 image_size: int | None = None, epochs: int = 10, batch_size: int = 64,
+                 learning_rate: float = 0.01, steps_per_epoch: int | None = None,
+                 seed: int = 0, device: str = "auto", run_dir: str | Path | None = None,
+                 data_root: str | Path | None = None, init_from: str | Path | None = None,
+                 progress: bool = True) -> None:
+        if method not in METHOD_NAMES:
+            raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
+        if network is not None and network not in NETWORKS:
+            raise TransferkitError(f"--network {network}: expected one of {', '.join(NETWORKS)}")
+        if epochs < 1:
+            raise TransferkitError(f"--epochs {epochs}: expected a positive number")
+        self.method = method
+        self.network = network
+        self.image_size = image_size
+        self.config = TrainConfig(epochs=epochs, batch_size=batch_size,
+                                  learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
+                                  seed=seed, device=device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.data_root = data_root
+        self.init_from = Path(init_from) if init_from is not None else None
+        self.progress = progress
+
+    # -- fitting ------------------------------------------------------------------------------
+
+    def fit(self, source: str | DomainPair, target: str | None = None) -> DomainAdapter:
+        started = time.perf_counter()
+        device = resolve_device(self.config.device)
+        if isinstance(source, DomainPair):
+            pair = source
+        else:
+            if target is None:
+                raise TransferkitError("fit(source, target): the target data set is missing")
+            network, size = self.network, self.image_size
+            if network is None or size is None:
+                from transferkit.data.loading import load_split
+
+                classes = load_split(source, "train", self.data_root).classes
+                default = default_network(source, target, len(classes))
+                network, size = network or default[0], size or default[1]
+                self.network, self.image_size = network, size
+            pair = load_pair(source, target, size=size, data_root=self.data_root)
+        self.pair_ = pair
+        network_name = self.network or default_network(pair.source, pair.target,
+                                                       len(pair.classes))[0]
+        self.network = network_name
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self._config_record(), indent=2))
+
+        torch.manual_seed(self.config.seed)  # the same initial weights for every method
+        trained = "source_only" if self.method == "sa" else self.method
+        self.model_ = TRAINED_METHODS[trained](
+            DigitNetwork(network_name, len(pair.classes), pair.image_size))
+        if self.method == "sa" and self.init_from is not None:
+            self.model_.load_state_dict(load_file(str(self.init_from)))
+            self.model_.to(device)
+            self.history_: list[dict[str, Any]] = []
+        else:
+            self.history_ = fit(self.model_, pair, self.config, self.run_dir, self.progress)
+        self.alignment_: SubspaceAlignment | None = None
+        if self.method == "sa":
+            self.alignment_ = self._fit_alignment(pair)
+        self.wall_seconds_ = time.perf_counter() - started
+        self.device_ = device
+        if self.run_dir is not None:
+            self._write_results()
+        return self
+
+    def _fit_alignment(self, pair: DomainPair) -> SubspaceAlignment:
+        source = extract_features(self.model_, pair.source_train, pair)
+        labels = pair.source_train.labels.numpy()
+        if pair.source_test is not None:
+            val, val_labels = extract_features(self.model_, pair.source_test, pair), \
+                pair.source_test.labels.numpy()
+            train, train_labels = source, labels
+        else:  # hold out a tenth of the source for choosing the subspace size
+            order = np.random.default_rng(self.config.seed).permutation(len(source))
+            held = order[: max(1, len(order) // 10)]
+            kept = order[len(held):]
+            train, train_labels, val, val_labels = source[kept], labels[kept], source[held], \
+                labels[held]
+        target = extract_features(self.model_, pair.target_train, pair)
+        return SubspaceAlignment(seed=self.config.seed).fit(train, train_labels, target, val,
+                                                            val_labels)
+
+    # -- using the fitted model --------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise TransferkitError("call fit(source, target) before predict or score")
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class indices for uint8 N×C×H×W images in the pair's preprocessed form."""
+        self._check_fitted()
+        split = DomainSplit(images, torch.zeros(len(images), dtype=torch.int64))
+        if self.alignment_ is not None:
+            features = extract_features(self.model_, split, self.pair_)
+            return torch.from_numpy(self.alignment_.predict(features))
+        self.model_.eval()
+        device = next(self.model_.parameters()).device
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), 1024):
+                batch = self.pair_.normalize(images[start : start + 1024].to(device))
+                out.append(self.model_(batch.contiguous(memory_format=torch.channels_last))
+                           .argmax(1).cpu())
+        return torch.cat(out)
+
+    def score(self, split: str = "target_test") -> float:
+        """Accuracy on one of the pair's labelled splits (default: the final target-test)."""
+        self._check_fitted()
+        data = getattr(self.pair_, split, None)
+        if not isinstance(data, DomainSplit):
+            raise TransferkitError(f"score({split!r}): expected target_test, source_test, "
+                                   "source_train or target_train")
+        if self.alignment_ is None:
+            return evaluate(self.model_, data, self.pair_)
+        return float((self.predict(data.images) == data.labels).float().mean())
+
+    # -- run directory ------------------------------------------------------------------------
+
+    def _config_record(self) -> dict[str, Any]:
+        return {"method": self.method, "source": self.pair_.source, "target": self.pair_.target,
+                "network": self.network, "image_size": self.pair_.image_size,
+                **asdict(self.config)}
+
+    def results(self) -> dict[str, Any]:
+        self._check_fitted()
+        rates = [h["images_per_second"] for h in self.history_]
+        fractions = [h["data_fraction"] for h in self.history_]
+        record = {
+            "method": self.method,
+            "source": self.pair_.source,
+            "target": self.pair_.target,
+            "seed": self.config.seed,
+            "oracle": self.method == "target_only",
+            "target_test_accuracy": self.score("target_test"),
+            "source_test_accuracy": (self.score("source_test")
+                                     if self.pair_.source_test is not None else None),
+            "selected_by": "last_epoch",
+            "epochs": self.config.epochs,
+            "wall_seconds": self.wall_seconds_,
+            "device": str(self.device_),
+            "network": self.network,
+            "image_size": self.pair_.image_size,
+            "images_per_second": statistics.median(rates) if rates else None,
+            "data_fraction": statistics.median(fractions) if fractions else None,
+            "peak_memory_mb": _peak_memory_mb(self.device_),
+        }
+        if self.alignment_ is not None:
+            record["selected_by"] = "last_epoch; subspace size by source_validation"
+            record["sa_dimension"] = self.alignment_.selected_dimension
+            record["sa_source_validation"] = self.alignment_.validation_accuracy
+            if self.init_from is not None:
+                record["sa_features_from"] = str(self.init_from)
+        return record
+
+    def _write_results(self) -> None:
+        assert self.run_dir is not None
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        save_file(weights, str(self.run_dir / "model.safetensors"))
+        self.results_ = self.results()
+        (self.run_dir / "metrics.json").write_text(json.dumps(self.results_, indent=2))

@@ -1,0 +1,1 @@
+"""Paper protocols as data, and the runner that fills their tables."""

@@ -1,0 +1,57 @@
+"""Benchmark protocols: which pairs, networks and budgets, and the published numbers.
+
+Adding a pair is adding a :class:`PairProtocol` here, not code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PairProtocol:
+    source: str
+    target: str
+    network: str
+    image_size: int
+    epochs: int  # passes over the labelled split (for SYN SIGNS: fixed steps, see below)
+    paper: dict[str, float]  # method → published target-test accuracy
+    steps_per_epoch: int | None = None
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.target}"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    title: str
+    pairs: tuple[PairProtocol, ...]
+    methods: tuple[str, ...] = ("source_only", "sa", "dann", "target_only")
+    method_titles: dict[str, str] = field(default_factory=dict)
+
+
+GANIN2016 = Protocol(
+    name="ganin2016",
+    title="Ganin et al., Domain-Adversarial Training of Neural Networks, JMLR 17(59) 2016, "
+          "Table 2 (target-test accuracy)",
+    pairs=(
+        PairProtocol("mnist", "mnist_m", "mnist", 28, 15,
+                     {"source_only": .5225, "sa": .5690, "dann": .7666, "target_only": .9596}),
+        PairProtocol("syn_digits", "svhn", "svhn", 32, 10,
+                     {"source_only": .8674, "sa": .8644, "dann": .9109, "target_only": .9220}),
+        PairProtocol("svhn", "mnist", "svhn", 32, 10,
+                     {"source_only": .5490, "sa": .5932, "dann": .7385, "target_only": .9942}),
+        PairProtocol("syn_signs", "gtsrb", "gtsrb", 40, 10,
+                     {"source_only": .7900, "sa": .8165, "dann": .8865, "target_only": .9980},
+                     steps_per_epoch=300,
+                     note="the offline mirror's SYN SIGNS holds 1,982 images; the paper's "
+                          "source set had 100,000"),
+    ),
+    method_titles={"source_only": "Source only", "sa": "SA (Fernando et al. 2013)",
+                   "dann": "DANN", "target_only": "Train on target (oracle)"},
+)
+
+PROTOCOLS = {GANIN2016.name: GANIN2016}

@@ -1,0 +1,141 @@
+"""Run a protocol: every method × pair × seed whose data is present, resumable.
+
+Each run has its own directory ``OUT/SOURCE-TARGET/METHOD/seedK``; a run whose
+``metrics.json`` exists is finished and is read, not redone, so an interrupted benchmark
+resumes. Pairs whose data is missing stay in the table as "data missing".
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transferkit.benchmarks.protocols import PairProtocol, Protocol
+from transferkit.errors import DataMissingError
+
+
+@dataclass
+class RunOptions:
+    seeds: int = 3
+    epochs: int | None = None  # override the protocol's budget (e.g. for a quick demo)
+    device: str = "auto"
+    data_root: str | None = None
+    progress: bool = True
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def _pair_available(pair: PairProtocol, data_root: str | None) -> str | None:
+    """None when all the pair's splits are present, else what is missing."""
+    from transferkit.data.loading import locate
+    from transferkit.data.root import resolve_data_root
+    from transferkit.data.sources import get_source
+
+    root = resolve_data_root(data_root)
+    needed = [(pair.source, "train"), (pair.target, "train"), (pair.target, "test")]
+    for name, split in needed:
+        try:
+            locate(get_source(name), split, root, allow_download=False)
+        except DataMissingError as exc:
+            return str(exc)
+    return None
+
+
+def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
+            options: RunOptions) -> dict[str, Any]:
+    from transferkit.api import DomainAdapter
+
+    run_dir = out / f"{pair.source}-{pair.target}" / method / f"seed{seed}"
+    finished = run_dir / "metrics.json"
+    if finished.is_file():
+        return json.loads(finished.read_text())
+    init_from = None
+    if method == "sa":  # SA aligns the source-only network's features: reuse that run
+        candidate = out / f"{pair.source}-{pair.target}" / "source_only" / f"seed{seed}"
+        if (candidate / "metrics.json").is_file():
+            init_from = candidate / "model.safetensors"
+    adapter = DomainAdapter(
+        method=method, network=pair.network, image_size=pair.image_size,
+        epochs=options.epochs or pair.epochs, steps_per_epoch=pair.steps_per_epoch,
+        seed=seed, device=options.device, run_dir=run_dir, data_root=options.data_root,
+        init_from=init_from, progress=options.progress,
+    )
+    adapter.fit(pair.source, pair.target)
+    return adapter.results_
+
+
+def summarize(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_protocol(protocol: Protocol, pairs: list[PairProtocol], methods: list[str], out: Path,
+                 options: RunOptions, command: str = "") -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for pair in pairs:
+        missing = _pair_available(pair, options.data_root)
+        for method in methods:
+            row: dict[str, Any] = {
+                "source": pair.source, "target": pair.target, "method": method,
+                "paper": pair.paper.get(method), "note": pair.note,
+            }
+            if missing:
+                row.update(status="data missing", detail=missing)
+                rows.append(row)
+                continue
+            runs = [run_one(pair, method, seed, out, options) for seed in range(options.seeds)]
+            accuracies = [r["target_test_accuracy"] for r in runs]
+            mean, std = summarize(accuracies)
+            rates = [r["images_per_second"] for r in runs if r.get("images_per_second")]
+            row.update(
+                status="measured", accuracies=accuracies, mean=mean, std=std,
+                seeds=list(range(options.seeds)), epochs=runs[0]["epochs"],
+                selected_by=runs[0]["selected_by"], oracle=runs[0]["oracle"],
+                source_test_accuracy=summarize(
+                    [r["source_test_accuracy"] for r in runs if r["source_test_accuracy"]])[0],
+                wall_seconds=[r["wall_seconds"] for r in runs],
+                images_per_second=statistics.median(rates) if rates else None,
+                data_fraction=statistics.median(
+                    [r["data_fraction"] for r in runs if r.get("data_fraction") is not None]
+                ) if rates else None,
+                peak_memory_mb=max(r["peak_memory_mb"] for r in runs),
+                device=runs[0]["device"],
+            )
+            if method == "sa":
+                row["sa_dimension"] = [r.get("sa_dimension") for r in runs]
+            rows.append(row)
+            _write(protocol, pairs, methods, rows, out, options, command)
+    return _write(protocol, pairs, methods, rows, out, options, command)
+
+
+def _write(protocol: Protocol, pairs: list[PairProtocol], methods: list[str],
+           rows: list[dict[str, Any]], out: Path, options: RunOptions,
+           command: str) -> dict[str, Any]:
+    from transferkit.benchmarks.table import render_table
+
+    report = {"protocol": protocol.name, "title": protocol.title, "command": command,
+              "machine": _machine(), "seeds": options.seeds, "rows": rows}
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "table.md").write_text(render_table(protocol, pairs, methods, report))
+    return report

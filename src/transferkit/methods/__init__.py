@@ -1,0 +1,16 @@
+"""Methods, each a small module over the shared training loop, registered by name."""
+
+from transferkit.methods.base import Method
+from transferkit.methods.dann import DANN
+from transferkit.methods.source_only import SourceOnly
+from transferkit.methods.subspace_alignment import SubspaceAlignment
+from transferkit.methods.target_only import TargetOnly
+from transferkit.names import METHOD_NAMES
+
+# "sa" trains the source-only network, then aligns its features (see api.DomainAdapter).
+TRAINED_METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (SourceOnly, TargetOnly, DANN)
+}
+
+__all__ = ["DANN", "METHOD_NAMES", "TRAINED_METHODS", "Method", "SourceOnly",
+           "SubspaceAlignment", "TargetOnly"]

@@ -1,0 +1,45 @@
+"""What a method is: a network, the losses of one step, and which data it learns from.
+
+The training loop (``transferkit.training.loop``) owns batching, schedules, optimiser,
+logging and checkpoints; a method only says what its losses are.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from transferkit.data.pairs import DomainPair, DomainSplit
+from transferkit.models import DigitNetwork
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    oracle: ClassVar[bool] = False  # learns from target labels: a reference, not adaptation
+    uses_target: ClassVar[bool] = False  # needs unlabelled target batches
+
+    def __init__(self, network: DigitNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def labelled_split(self, pair: DomainPair) -> DomainSplit:
+        """The labelled data of the classification loss."""
+        return pair.source_train
+
+    def monitor_split(self, pair: DomainPair) -> DomainSplit | None:
+        """Labelled data watched each epoch (never target-test)."""
+        return pair.source_test
+
+    def losses(self, images: torch.Tensor, labels: torch.Tensor,
+               target_images: torch.Tensor | None, progress: float) -> dict[str, torch.Tensor]:
+        """``loss`` to minimise, plus any detached values to log. ``progress`` is p ∈ [0, 1]."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
+        return self.network(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.features(images)

@@ -1,0 +1,50 @@
+"""DANN: domain-adversarial training (Ganin et al. 2016, JMLR 17(59), Algorithm 1, eq. 9-10).
+
+The feature extractor G_f feeds a label predictor G_y (trained on labelled source) and,
+through a gradient-reversal layer, a domain classifier G_d (trained to tell source from
+target). Minimising the domain loss through the reversal *maximises* it for G_f, which so
+learns features the domain classifier cannot separate:
+
+    E(θf, θy, θd) = L_y(source) − λ · L_d(source ∪ target)     (saddle point, eq. 10)
+
+λ follows λ_p = 2/(1+exp(−10p)) − 1 (§5.2.2). Source and target go through G_f as one
+batch, so both see the same layer statistics and one forward pass serves both losses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from transferkit.methods.base import Method
+from transferkit.models import gradient_reversal
+from transferkit.training.schedules import grl_coefficient
+
+
+class DANN(Method):
+    name = "dann"
+    uses_target = True
+
+    def losses(self, images: torch.Tensor, labels: torch.Tensor,
+               target_images: torch.Tensor | None, progress: float) -> dict[str, torch.Tensor]:
+        assert target_images is not None
+        features = self.network.features(torch.cat([images, target_images]))
+        source_features = features[: len(images)]
+        class_loss = F.cross_entropy(self.network.label_predictor(source_features), labels)
+        coefficient = grl_coefficient(progress)
+        domain_logits = self.network.domain_classifier(
+            gradient_reversal(features, coefficient)
+        ).squeeze(1)
+        domain_labels = torch.cat([
+            torch.zeros(len(images), device=features.device),
+            torch.ones(len(target_images), device=features.device),
+        ])
+        domain_loss = F.binary_cross_entropy_with_logits(domain_logits, domain_labels)
+        domain_accuracy = ((domain_logits > 0).float() == domain_labels).float().mean()
+        return {
+            "loss": class_loss + domain_loss,
+            "class_loss": class_loss.detach(),
+            "domain_loss": domain_loss.detach(),
+            "domain_accuracy": domain_accuracy.detach(),
+            "grl_coefficient": torch.tensor(coefficient),
+        }

@@ -1,0 +1,97 @@
+"""The networks of Ganin et al. 2016 (JMLR), §5.2.2 and Figure 4, one per benchmark family.
+
+Each is three parts: a feature extractor (convolutions), a label predictor and a domain
+classifier (fully connected). Layer sizes follow the paper's figure:
+
+- ``mnist``  (28×28): conv5×5-32, pool2 · conv5×5-48, pool2 | fc100, fc100, fc10 | fc100, fc1
+- ``svhn``   (32×32): conv5×5-64, pool3/2 · conv5×5-64, pool3/2 · conv5×5-128 |
+  fc3072, fc2048, fc10 | fc1024, fc1024, fc1
+- ``gtsrb``  (40×40): conv5×5-96, pool2 · conv3×3-144, pool2 · conv5×5-256, pool2 |
+  fc512, fc43 | fc1024, fc1024, fc1
+
+Choices the figure leaves open, and what we took: ReLU after every hidden layer (the paper's
+text), max-pooling, no padding for the MNIST net (its 28×28 input then gives 48×4×4 features,
+the size the figure implies), padding 2 in the SVHN and GTSRB nets so that 32×32 and 40×40
+inputs keep a spatial map through three stages; no batch normalisation or dropout (not in the
+paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    input_size: int
+    build_features: object  # () -> nn.Module
+    label_hidden: tuple[int, ...]
+    domain_hidden: tuple[int, ...]
+
+
+def _mnist_features() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 5), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+        nn.Conv2d(32, 48, 5), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+        nn.Flatten(),
+    )
+
+
+def _svhn_features() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 5, padding=2), nn.MaxPool2d(3, 2), nn.ReLU(inplace=True),
+        nn.Conv2d(64, 64, 5, padding=2), nn.MaxPool2d(3, 2), nn.ReLU(inplace=True),
+        nn.Conv2d(64, 128, 5, padding=2), nn.ReLU(inplace=True),
+        nn.Flatten(),
+    )
+
+
+def _gtsrb_features() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+        nn.Conv2d(96, 144, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+        nn.Conv2d(144, 256, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+        nn.Flatten(),
+    )
+
+
+NETWORKS: dict[str, NetworkSpec] = {
+    "mnist": NetworkSpec("mnist", 28, _mnist_features, (100, 100), (100,)),
+    "svhn": NetworkSpec("svhn", 32, _svhn_features, (3072, 2048), (1024, 1024)),
+    "gtsrb": NetworkSpec("gtsrb", 40, _gtsrb_features, (512,), (1024, 1024)),
+}
+
+
+def mlp(in_features: int, hidden: tuple[int, ...], out_features: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+        in_features = width
+    layers.append(nn.Linear(in_features, out_features))
+    return nn.Sequential(*layers)
+
+
+class DigitNetwork(nn.Module):
+    """Feature extractor + label predictor + domain classifier of one of :data:`NETWORKS`."""
+
+    def __init__(self, name: str, num_classes: int, image_size: int | None = None) -> None:
+        super().__init__()
+        if name not in NETWORKS:
+            raise ValueError(f"unknown network {name!r}: expected one of {', '.join(NETWORKS)}")
+        spec = NETWORKS[name]
+        self.spec = spec
+        self.image_size = image_size or spec.input_size
+        self.features = spec.build_features()
+        with torch.no_grad():
+            width = self.features(torch.zeros(1, 3, self.image_size, self.image_size)).shape[1]
+        self.feature_dim = width
+        self.label_predictor = mlp(width, spec.label_hidden, num_classes)
+        self.domain_classifier = mlp(width, spec.domain_hidden, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits."""
+        return self.label_predictor(self.features(images))

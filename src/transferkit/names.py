@@ -1,0 +1,5 @@
+"""Names the command line offers, kept free of torch so that ``--help`` and the data
+commands start quickly. The registries they name live in ``methods`` and ``models``."""
+
+METHOD_NAMES = ("source_only", "sa", "dann", "target_only")
+NETWORK_NAMES = ("mnist", "svhn", "gtsrb")

@@ -1,0 +1,112 @@
+"""A tiny ``transferkit adapt`` / benchmark run on generated data, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from fakes import write_digit_pair
+from safetensors.torch import load_file
+
+from transferkit import DomainAdapter
+from transferkit.cli import main
+
+
+@pytest.fixture
+def digit_root(tmp_path):
+    return write_digit_pair(tmp_path / "data")
+
+
+def test_adapt_writes_config_metrics_and_model(digit_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["adapt", "--method", "dann", "--source", "mnist", "--target", "mnist_m",
+                 "--epochs", "2", "--steps-per-epoch", "3", "--device", "cpu", "--quiet",
+                 "--out", str(out), "--data-root", str(digit_root)])
+    assert code == 0
+    assert "dann mnist → mnist_m: target-test accuracy" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "dann" and config["network"] == "mnist"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    assert {"class_loss", "domain_loss", "domain_accuracy", "source_val_accuracy"} <= set(lines[0])
+    assert not any("target_test" in key for line in lines for key in line)
+    final = json.loads((out / "metrics.json").read_text())
+    for key in ("method", "source", "target", "seed", "target_test_accuracy",
+                "source_test_accuracy", "selected_by", "epochs", "wall_seconds", "device"):
+        assert key in final
+    assert final["selected_by"] == "last_epoch" and final["device"] == "cpu"
+    assert 0.0 <= final["target_test_accuracy"] <= 1.0
+    weights = load_file(str(out / "model.safetensors"))
+    assert "network.features.0.weight" in weights
+
+
+def test_interrupted_run_resumes_from_its_last_epoch(digit_root, tmp_path):
+    out = tmp_path / "run"
+    common = dict(method="source_only", steps_per_epoch=2, device="cpu", run_dir=out,
+                  data_root=digit_root, progress=False)
+    DomainAdapter(epochs=1, **common).fit("mnist", "mnist_m")
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    (out / "metrics.json").unlink()
+    resumed = DomainAdapter(epochs=2, **common).fit("mnist", "mnist_m")
+    assert len(resumed.history_) == 2
+    assert resumed.history_[0] == first  # the finished epoch was not trained again
+
+
+def test_checkpoint_loads_without_unpickling_code(digit_root, tmp_path):
+    out = tmp_path / "run"
+    DomainAdapter(method="dann", epochs=1, steps_per_epoch=2, device="cpu", run_dir=out,
+                  data_root=digit_root, progress=False).fit("mnist", "mnist_m")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["history"][0]["epoch"] == 1
+
+
+def test_three_lines_from_python(digit_root):
+    adapter = DomainAdapter(method="source_only", epochs=3, device="cpu", data_root=digit_root,
+                            progress=False).fit("mnist", "mnist_m")
+    assert 0.0 <= adapter.score() <= 1.0
+    predictions = adapter.predict(adapter.pair_.target_test.images)
+    assert predictions.shape == (32,) and predictions.dtype == torch.int64
+
+
+def test_target_only_is_marked_oracle(digit_root):
+    adapter = DomainAdapter(method="target_only", epochs=1, steps_per_epoch=2, device="cpu",
+                            data_root=digit_root, progress=False).fit("mnist", "mnist_m")
+    assert adapter.results()["oracle"] is True
+
+
+def test_subspace_alignment_records_its_subspace_choice(digit_root):
+    adapter = DomainAdapter(method="sa", epochs=1, steps_per_epoch=2, device="cpu",
+                            data_root=digit_root, progress=False).fit("mnist", "mnist_m")
+    results = adapter.results()
+    assert results["selected_by"] == "last_epoch; subspace size by source_validation"
+    assert results["sa_dimension"] in results["sa_source_validation"]
+
+
+def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, tmp_path,
+                                                                   monkeypatch):
+    out = tmp_path / "bench"
+    args = ["benchmark", "ganin2016", "--pairs", "mnist:mnist_m,svhn:mnist",
+            "--methods", "source_only,sa,dann", "--seeds", "2", "--epochs", "1",
+            "--device", "cpu", "--quiet", "--out", str(out), "--data-root", str(digit_root)]
+    assert main(args) == 0
+    report = json.loads((out / "results.json").read_text())
+    rows = {(r["source"], r["method"]): r for r in report["rows"]}
+    assert rows[("mnist", "dann")]["status"] == "measured"
+    assert len(rows[("mnist", "dann")]["accuracies"]) == 2
+    assert rows[("mnist", "dann")]["paper"] == 0.7666
+    assert rows[("svhn", "dann")]["status"] == "data missing"
+    table = (out / "table.md").read_text()
+    assert "paper 0.7666" in table and "data missing" in table
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(DomainAdapter, "fit", refuse)
+    assert main(args) == 0
+
+
+def test_adapt_rejects_an_unknown_method_with_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["adapt", "--method", "magic", "--source", "mnist", "--target", "mnist_m"])
+    assert info.value.code == 2

@@ -1,0 +1,80 @@
+"""The pieces of DANN and Subspace Alignment, checked against their definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit.methods import SubspaceAlignment
+from transferkit.models import NETWORKS, DigitNetwork, GradientReversal, gradient_reversal
+from transferkit.names import METHOD_NAMES, NETWORK_NAMES
+from transferkit.training import annealed_learning_rate, grl_coefficient
+
+
+@pytest.mark.parametrize("coefficient", [0.0, 0.3, 1.0, 2.5])
+def test_gradient_reversal_backward_is_exactly_minus_lambda_times_the_gradient(coefficient):
+    inputs = torch.randn(5, 7, requires_grad=True)
+    incoming = torch.randn(5, 7)
+    outputs = gradient_reversal(inputs, coefficient)
+    assert torch.equal(outputs, inputs)
+    outputs.backward(incoming)
+    assert torch.equal(inputs.grad, -coefficient * incoming)
+
+
+def test_gradient_reversal_module_uses_its_current_coefficient():
+    layer = GradientReversal(0.25)
+    inputs = torch.ones(3, requires_grad=True)
+    layer.grl_coefficient = 0.75
+    layer(inputs).sum().backward()
+    assert torch.equal(inputs.grad, torch.full((3,), -0.75))
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_schedules_match_the_papers_formulas(progress):
+    assert annealed_learning_rate(progress) == pytest.approx(0.01 / (1 + 10 * progress) ** 0.75)
+    assert grl_coefficient(progress) == pytest.approx(2 / (1 + math.exp(-10 * progress)) - 1)
+
+
+def test_schedules_start_and_end_where_the_paper_says():
+    assert grl_coefficient(0.0) == 0.0
+    assert grl_coefficient(1.0) > 0.999
+    assert annealed_learning_rate(0.0) == 0.01
+    assert annealed_learning_rate(1.0) == pytest.approx(0.01 / 11**0.75)
+
+
+@pytest.mark.parametrize(("name", "size", "features"),
+                         [("mnist", 28, 48 * 4 * 4), ("svhn", 32, 128 * 7 * 7),
+                          ("gtsrb", 40, 256 * 5 * 5)])
+def test_paper_networks_give_class_logits_and_expected_feature_sizes(name, size, features):
+    network = DigitNetwork(name, 10, size)
+    assert network.feature_dim == features
+    assert network(torch.zeros(2, 3, size, size)).shape == (2, 10)
+    assert network.domain_classifier(torch.zeros(2, features)).shape == (2, 1)
+
+
+def test_command_line_names_match_the_registries():
+    from transferkit.methods import TRAINED_METHODS
+
+    assert set(NETWORK_NAMES) == set(NETWORKS)
+    assert set(TRAINED_METHODS) | {"sa"} == set(METHOD_NAMES)
+
+
+def test_subspace_alignment_classifies_a_shifted_scaled_and_tilted_target():
+    rng = np.random.default_rng(0)
+    centers = np.zeros((3, 10))
+    centers[:, :3] = 6.0 * np.eye(3)  # classes differ in the first three features
+    labels, target_labels = rng.integers(0, 3, 600), rng.integers(0, 3, 600)
+    source = centers[labels] + rng.normal(0, 1, (600, 10))
+    angle = np.deg2rad(25)  # tilt the class subspace: feature 2 leaks into feature 3
+    tilt = np.eye(10)
+    tilt[2:4, 2:4] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    target = 3.0 * (centers[target_labels] + rng.normal(0, 1, (600, 10))) @ tilt + 5.0
+    alignment = SubspaceAlignment(candidate_dimensions=(2, 3, 5), seed=0)
+    alignment.fit(source[:500], labels[:500], target, source[500:], labels[500:])
+    assert set(alignment.validation_accuracy) == {2, 3, 5}
+    assert alignment.validation_accuracy[alignment.selected_dimension] == max(
+        alignment.validation_accuracy.values())
+    assert (alignment.predict(target) == target_labels).mean() > 0.9
