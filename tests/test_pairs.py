@@ -45,3 +45,9 @@ def test_pair_with_different_label_spaces_is_an_error(digits_root):
     write_image_zip(digits_root / "gtsrb" / "test.zip", random_images(2, 32, 3), [0, 1])
     with pytest.raises(TransferkitError, match="label spaces differ"):
         load_pair("mnist", "gtsrb", data_root=digits_root)
+
+
+def test_binarized_source_has_only_black_and_white_pixels(digits_root):
+    pair = load_pair("mnist", "mnist_m", data_root=digits_root, size=28, binarize_source=True)
+    assert set(torch.unique(pair.source_train.images).tolist()) <= {0, 255}
+    assert len(torch.unique(pair.target_train.images)) > 2  # the target is left as it is

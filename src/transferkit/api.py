@@ -77,7 +77,7 @@ class DomainAdapter:
                  learning_rate: float = 0.01, steps_per_epoch: int | None = None,
                  seed: int = 0, device: str = "auto", run_dir: str | Path | None = None,
                  data_root: str | Path | None = None, init_from: str | Path | None = None,
-                 progress: bool = True) -> None:
+                 binarize_source: bool = False, progress: bool = True) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
@@ -93,6 +93,7 @@ class DomainAdapter:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.data_root = data_root
         self.init_from = Path(init_from) if init_from is not None else None
+        self.binarize_source = binarize_source
         self.progress = progress
 
     # -- fitting ------------------------------------------------------------------------------
@@ -113,7 +114,8 @@ class DomainAdapter:
                 default = default_network(source, target, len(classes))
                 network, size = network or default[0], size or default[1]
                 self.network, self.image_size = network, size
-            pair = load_pair(source, target, size=size, data_root=self.data_root)
+            pair = load_pair(source, target, size=size, data_root=self.data_root,
+                             binarize_source=self.binarize_source)
         self.pair_ = pair
         network_name = self.network or default_network(pair.source, pair.target,
                                                        len(pair.classes))[0]
@@ -197,7 +199,7 @@ class DomainAdapter:
     def _config_record(self) -> dict[str, Any]:
         return {"method": self.method, "source": self.pair_.source, "target": self.pair_.target,
                 "network": self.network, "image_size": self.pair_.image_size,
-                **asdict(self.config)}
+                "binarize_source": self.binarize_source, **asdict(self.config)}
 
     def results(self) -> dict[str, Any]:
         self._check_fitted()
@@ -218,6 +220,7 @@ class DomainAdapter:
             "device": str(self.device_),
             "network": self.network,
             "image_size": self.pair_.image_size,
+            "binarize_source": self.binarize_source,
             "images_per_second": statistics.median(rates) if rates else None,
             "data_fraction": statistics.median(fractions) if fractions else None,
             "peak_memory_mb": _peak_memory_mb(self.device_),

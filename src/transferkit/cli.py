@@ -84,7 +84,8 @@ def _adapt(args: argparse.Namespace) -> int:
         method=args.method, network=args.network, image_size=args.image_size,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         steps_per_epoch=args.steps_per_epoch, seed=args.seed, device=args.device,
-        run_dir=out, data_root=args.data_root, progress=not args.quiet,
+        run_dir=out, data_root=args.data_root, binarize_source=args.binarize_source,
+        progress=not args.quiet,
     ).fit(args.source, args.target)
     results = adapter.results_
     oracle = " (oracle: trained on target labels)" if results["oracle"] else ""
@@ -185,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="source images per step (and as many target images)")
     adapt.add_argument("--lr", type=float, default=0.01, help="initial learning rate μ₀")
     adapt.add_argument("--steps-per-epoch", type=int, help="default: one pass over the source")
+    adapt.add_argument("--binarize-source", action="store_true",
+                       help="source pixels > 0 become 255 (MNIST as MNIST-M's digits were drawn)")
     adapt.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     adapt.add_argument("--quiet", action="store_true", help="no progress bars")
     adapt.set_defaults(run=_adapt)

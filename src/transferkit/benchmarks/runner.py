@@ -77,7 +77,7 @@ def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
         method=method, network=pair.network, image_size=pair.image_size,
         epochs=options.epochs or pair.epochs, steps_per_epoch=pair.steps_per_epoch,
         seed=seed, device=options.device, run_dir=run_dir, data_root=options.data_root,
-        init_from=init_from, progress=options.progress,
+        init_from=init_from, binarize_source=pair.binarize_source, progress=options.progress,
     )
     adapter.fit(pair.source, pair.target)
     return adapter.results_

@@ -98,13 +98,23 @@ def _pixel_mean(*splits: torch.Tensor) -> torch.Tensor:
     return (total / count / 255.0).float()
 
 
+def binarize(image_set: ImageSet) -> ImageSet:
+    """Every non-zero pixel to 255: MNIST digits as MNIST-M was drawn from them (its digits
+    are binarised before being difference-blended over photo patches)."""
+    if not isinstance(image_set.images, np.ndarray):
+        raise TransferkitError("binarize needs images of one size")
+    images = np.where(np.asarray(image_set.images) > 0, 255, 0).astype(np.uint8)
+    return ImageSet(images, image_set.labels, image_set.classes)
+
+
 def load_pair(
     source: str, target: str, size: int | None = None,
-    data_root: str | os.PathLike[str] | None = None,
+    data_root: str | os.PathLike[str] | None = None, binarize_source: bool = False,
 ) -> DomainPair:
     """Load ``source`` (train, and test if it has one) and ``target`` (train, test) as one pair.
 
-    ``size`` defaults to the larger image side of the two domains.
+    ``size`` defaults to the larger image side of the two domains. ``binarize_source`` maps
+    every non-zero source pixel to 255 (see :func:`binarize`).
     """
     parts = {
         ("source", "train"): load_split(source, "train", data_root),
@@ -116,6 +126,9 @@ def load_pair(
     except TransferkitError as exc:
         if "has no split" not in str(exc):
             raise
+    if binarize_source:
+        for key in [k for k in parts if k[0] == "source"]:
+            parts[key] = binarize(parts[key])
     check_same_classes(source, parts[("source", "train")].classes, target,
                        parts[("target", "train")].classes)
     if size is None:
