@@ -78,3 +78,46 @@ def test_subspace_alignment_classifies_a_shifted_scaled_and_tilted_target():
     assert alignment.validation_accuracy[alignment.selected_dimension] == max(
         alignment.validation_accuracy.values())
     assert (alignment.predict(target) == target_labels).mean() > 0.9
+
+
+def test_dann_domain_loss_sums_the_source_mean_and_the_target_mean():
+    import torch.nn.functional as F
+
+    from transferkit.methods import DANN
+
+    torch.manual_seed(0)
+    method = DANN(DigitNetwork("mnist", 10, 28))
+    source, target = torch.randn(4, 3, 28, 28), torch.randn(6, 3, 28, 28)
+    values = method.losses(source, torch.arange(4), target, progress=0.5)
+    with torch.no_grad():
+        source_logits = method.network.domain_classifier(method.network.features(source))
+        target_logits = method.network.domain_classifier(method.network.features(target))
+        expected = (F.binary_cross_entropy_with_logits(source_logits, torch.zeros(4, 1))
+                    + F.binary_cross_entropy_with_logits(target_logits, torch.ones(6, 1)))
+    torch.testing.assert_close(values["domain_loss"], expected)
+    assert values["grl_coefficient"] == pytest.approx(grl_coefficient(0.5))
+
+
+def test_dann_feature_gradient_is_class_gradient_minus_lambda_domain_gradient():
+    import torch.nn.functional as F
+
+    from transferkit.methods import DANN
+
+    torch.manual_seed(0)
+    method = DANN(DigitNetwork("mnist", 10, 28))
+    network = method.network
+    source, target, labels = torch.randn(4, 3, 28, 28), torch.randn(4, 3, 28, 28), torch.arange(4)
+    weight = network.features[0].weight
+
+    def gradient(loss):
+        return torch.autograd.grad(loss, weight)[0]
+
+    features = network.features(torch.cat([source, target]))
+    class_grad = gradient(F.cross_entropy(network.label_predictor(features[:4]), labels))
+    features = network.features(torch.cat([source, target]))
+    logits = network.domain_classifier(features).squeeze(1)
+    domain = (F.binary_cross_entropy_with_logits(logits[:4], torch.zeros(4))
+              + F.binary_cross_entropy_with_logits(logits[4:], torch.ones(4)))
+    domain_grad = gradient(domain)
+    total_grad = gradient(method.losses(source, labels, target, progress=0.3)["loss"])
+    torch.testing.assert_close(total_grad, class_grad - grl_coefficient(0.3) * domain_grad)

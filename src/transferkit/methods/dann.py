@@ -5,7 +5,10 @@ through a gradient-reversal layer, a domain classifier G_d (trained to tell sour
 target). Minimising the domain loss through the reversal *maximises* it for G_f, which so
 learns features the domain classifier cannot separate:
 
-    E(θf, θy, θd) = L_y(source) − λ · L_d(source ∪ target)     (saddle point, eq. 10)
+    E(θf, θy, θd) = 1/n Σ L_y(source) − λ · (1/n Σ L_d(source) + 1/n' Σ L_d(target))
+
+(the saddle-point objective, eqs. 9 and 13): the domain loss is the *sum* of its source mean
+and its target mean, not one mean over the joint batch, which would halve it.
 
 λ follows λ_p = 2/(1+exp(−10p)) − 1 (§5.2.2). Source and target go through G_f as one
 batch, so both see the same layer statistics and one forward pass serves both losses.
@@ -39,7 +42,9 @@ class DANN(Method):
             torch.zeros(len(images), device=features.device),
             torch.ones(len(target_images), device=features.device),
         ])
-        domain_loss = F.binary_cross_entropy_with_logits(domain_logits, domain_labels)
+        per_sample = F.binary_cross_entropy_with_logits(domain_logits, domain_labels,
+                                                        reduction="none")
+        domain_loss = per_sample[: len(images)].mean() + per_sample[len(images) :].mean()
         domain_accuracy = ((domain_logits > 0).float() == domain_labels).float().mean()
         return {
             "loss": class_loss + domain_loss,
