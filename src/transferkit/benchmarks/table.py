@@ -31,8 +31,10 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
     lines = [f"# {protocol.title}", "",
              f"Ours: target-test accuracy, mean ± std over {report['seeds']} seed(s), "
              "beside the paper's. In parentheses: the share of the source-only → "
-             "train-on-target gap closed (paper's as printed; ours from our own "
-             "source-only and train-on-target).", "",
+             "train-on-target gap closed, (method − source only) / (train on target − "
+             "source only), computed for the paper from its numbers (its printed 52.9% for "
+             "DANN on MNIST → MNIST-M does not follow from them; the other columns do) and for "
+             "us from our own source-only and train-on-target.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in methods:
         cells = [protocol.method_titles.get(method, method)]
