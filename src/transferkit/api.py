@@ -26,7 +26,7 @@ from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
 from transferkit.models import NETWORKS, DigitNetwork
 from transferkit.training.device import resolve_device
-from transferkit.training.loop import TrainConfig, evaluate, fit
+from transferkit.training.loop import TrainConfig, evaluate, fit, run_batches
 
 # The paper's network and input size for each of its pairs (Ganin et al. 2016, §5.2).
 PAIR_NETWORKS: dict[tuple[str, str], tuple[str, int]] = {
@@ -44,16 +44,8 @@ def default_network(source: str, target: str, num_classes: int) -> tuple[str, in
     return ("gtsrb", 40) if num_classes == 43 else ("svhn", 32)
 
 
-@torch.no_grad()
-def extract_features(model: Method, split: DomainSplit, pair: DomainPair,
-                     batch_size: int = 1024) -> np.ndarray:
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, len(split), batch_size):
-        images = pair.normalize(split.images[start : start + batch_size].to(device))
-        chunks.append(model.features(images.contiguous(memory_format=torch.channels_last)).cpu())
-    return torch.cat(chunks).numpy()
+def extract_features(model: Method, split: DomainSplit, pair: DomainPair) -> np.ndarray:
+    return run_batches(model, split.images, pair, features=True).numpy()
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -169,19 +161,10 @@ class DomainAdapter:
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class indices for uint8 N×C×H×W images in the pair's preprocessed form."""
         self._check_fitted()
-        split = DomainSplit(images, torch.zeros(len(images), dtype=torch.int64))
         if self.alignment_ is not None:
-            features = extract_features(self.model_, split, self.pair_)
+            features = run_batches(self.model_, images, self.pair_, features=True).numpy()
             return torch.from_numpy(self.alignment_.predict(features))
-        self.model_.eval()
-        device = next(self.model_.parameters()).device
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(images), 1024):
-                batch = self.pair_.normalize(images[start : start + 1024].to(device))
-                out.append(self.model_(batch.contiguous(memory_format=torch.channels_last))
-                           .argmax(1).cpu())
-        return torch.cat(out)
+        return run_batches(self.model_, images, self.pair_).argmax(1)
 
     def score(self, split: str = "target_test") -> float:
         """Accuracy on one of the pair's labelled splits (default: the final target-test)."""

@@ -55,19 +55,25 @@ def _to_device(split: DomainSplit, device: torch.device) -> DomainSplit:
 
 
 @torch.no_grad()
-def evaluate(method: Method, split: DomainSplit, pair: DomainPair,
-             batch_size: int = 1024) -> float:
-    """Accuracy of ``method`` on a labelled split."""
+def run_batches(method: Method, images: torch.Tensor, pair: DomainPair, features: bool = False,
+                batch_size: int = 1024) -> torch.Tensor:
+    """Logits (or feature-extractor outputs) of uint8 images, batch by batch, on the CPU."""
     was_training = method.training
     method.eval()
     device = next(method.parameters()).device
-    correct = 0
-    for start in range(0, len(split), batch_size):
-        images = split.images[start : start + batch_size].to(device)
-        logits = method(pair.normalize(images).contiguous(memory_format=torch.channels_last))
-        correct += int((logits.argmax(1).cpu() == split.labels[start : start + batch_size].cpu()).sum())
+    forward = method.features if features else method
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = pair.normalize(images[start : start + batch_size].to(device))
+        outputs.append(forward(batch.contiguous(memory_format=torch.channels_last)).cpu())
     method.train(was_training)
-    return correct / max(1, len(split))
+    return torch.cat(outputs)
+
+
+def evaluate(method: Method, split: DomainSplit, pair: DomainPair) -> float:
+    """Accuracy of ``method`` on a labelled split."""
+    predictions = run_batches(method, split.images, pair).argmax(1)
+    return float((predictions == split.labels.cpu()).float().mean())
 
 
 def _epoch_indices(size: int, count: int, generator: torch.Generator) -> torch.Tensor:
