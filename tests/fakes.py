@@ -139,3 +139,29 @@ def write_digit_pair(root: Path, n_train: int = 96, n_test: int = 32) -> Path:
         images, labels = draw(n, 28, 3)
         write_image_zip(root / "mnist_m" / f"{split}.zip", images, labels)
     return root
+
+
+def two_class_images(n: int, side: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy photos whose class is their tint (reddish "cats", bluish "dogs"), sides vary."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = []
+    for label in labels:
+        h, w = side + int(rng.integers(0, 9)), side + int(rng.integers(0, 9))
+        image = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+        image[:, :, 0 if label == 0 else 2] += 100
+        images.append(image)
+    return images, labels
+
+
+def write_two_class_data(root: Path, sizes: dict[str, int] | None = None, side: int = 40) -> Path:
+    """train/val/test folders of :func:`two_class_images` as JPEGs; returns ``root``."""
+    sizes = sizes or {"train": 16, "val": 8, "test": 8}
+    for offset, (split, n) in enumerate(sizes.items()):
+        images, labels = two_class_images(n, side, seed=offset)
+        for name in ("cats", "dogs"):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            path = root / split / ("cats", "dogs")[label] / f"{split}{i:03d}.jpg"
+            path.write_bytes(encode(image, "JPEG"))
+    return root

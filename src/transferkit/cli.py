@@ -111,6 +111,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     from transferkit.benchmarks.protocols import PROTOCOLS
     from transferkit.benchmarks.runner import RunOptions, run_protocol
 
+    if args.protocol == "cats_vs_dogs":
+        return _benchmark_cats_vs_dogs(args)
     protocol = PROTOCOLS[args.protocol]
     by_key = {p.key: p for p in protocol.pairs}
     pair_keys = _parse_list(args.pairs, list(by_key), "pairs") or list(by_key)
@@ -124,6 +126,125 @@ def _benchmark(args: argparse.Namespace) -> int:
     run_protocol(protocol, [by_key[k] for k in pair_keys], methods, out, options, command)
     print((out / "table.md").read_text())
     print(f"results: {out / 'results.json'}, {out / 'table.md'}")
+    return 0
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    from transferkit.pretrained.recipes import RecipeConfig, run
+
+    recipe = args.command
+    fields = {"recipe": recipe, "data": args.data, "backbone": args.backbone, "weights": args.weights,
+              "image_size": args.image_size, "head": args.head, "epochs": args.epochs,
+              "learning_rate": args.lr, "batch_size": args.batch_size, "patience": args.patience,
+              "train_size": args.train_size, "seed": args.seed, "device": args.device}
+    if recipe == "finetune":
+        fields.update(views=args.views, unfreeze=args.unfreeze, finetune_epochs=args.finetune_epochs,
+                      finetune_learning_rate=args.finetune_lr)
+    if recipe == "extract":
+        fields.update(views=1)
+    config = RecipeConfig(**fields)
+    out = Path(args.out or f"runs/{recipe}-{args.data.replace(':', '_').replace('/', '_')}-seed{args.seed}")
+    result = run(config, out, args.data_root, progress=not args.quiet)
+    test = f"test accuracy {result['test_accuracy']:.4f}, " if "test_accuracy" in result else ""
+    print(f"{recipe} {config.backbone} on {config.data}: {test}validation {result['val_accuracy']:.4f} "
+          f"({result['train_size']} training images, {result['wall_seconds']:.0f} s on {result['device']})")
+    print(f"model: {out / 'model.safetensors'}; predict with: transferkit predict {out} IMAGES…")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from transferkit.pretrained.classifier import load_model
+    from transferkit.pretrained.predict import expand, predict_files
+    from transferkit.training.device import resolve_device
+
+    if args.top < 1:
+        raise TransferkitError(f"--top {args.top}: expected ≥ 1")
+    model = load_model(args.model)
+    files = expand(args.images)
+    results = predict_files(model, files, top=args.top, device=resolve_device(args.device))
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"transferkit: {r.path}: {r.error}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"file": str(r.path), "class": r.label, "probability": r.probability,
+                              "top": [{"class": c, "probability": p} for c, p in r.top]}))
+        else:
+            extra = "  " + ", ".join(f"{c} {p:.3f}" for c, p in r.top[1:]) if len(r.top) > 1 else ""
+            print(f"{r.path}\t{r.label}\t{r.probability:.3f}{extra}")
+    return EXIT_DATA_BAD if failed else 0
+
+
+def _add_recipe(commands, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    scratch = name == "scratch"
+    parser = commands.add_parser(name, help=help_text, description=description)
+    parser.add_argument("--data", default="cats_vs_dogs",
+                        help="labelled data set with train (+ val, test) splits: a registered name or "
+                             "folder:PATH holding train/CLASS/*.jpg (val/ and test/ likewise; without "
+                             "val/, 20%% of train is held out)")
+    parser.add_argument("--backbone", default="small_convnet" if scratch else "efficientnet_lite0",
+                        help="torchvision model name (vgg16, resnet50, …), timm:NAME, efficientnet_lite0 "
+                             "(offline ImageNet weights) or small_convnet; default %(default)s")
+    parser.add_argument("--weights", default="random" if scratch else "imagenet",
+                        help="imagenet (the library's pretrained weights), random, or a state-dict file "
+                             "(.safetensors, or .pth read with weights_only=True); default %(default)s")
+    parser.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
+    parser.add_argument("--head", default="linear", choices=["linear", "mlp"],
+                        help="new classifier: linear, or mlp (Dense 256 + dropout 0.5, as Chollet)")
+    parser.add_argument("--epochs", type=int, default=40,
+                        help="most epochs of " + ("training" if scratch else "head training")
+                        + " (%(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step (%(default)s)")
+    parser.add_argument("--patience", type=int, default=6,
+                        help="stop after this many epochs without a better validation accuracy (%(default)s)")
+    if name == "finetune":
+        parser.add_argument("--unfreeze", default="3",
+                            help="stage 2 trains the last K stages with weights, from a named stage "
+                                 "(e.g. block5 of vgg16, blocks.5 of efficientnet_lite0), or 'all'; "
+                                 "default %(default)s")
+        parser.add_argument("--views", type=int, default=4,
+                            help="augmented views of the training set whose frozen-prefix outputs are "
+                                 "cached; 0 augments afresh every step (slower, unlimited "
+                                 "augmentation); default %(default)s")
+        parser.add_argument("--finetune-epochs", type=int, default=15,
+                            help="most epochs of stage 2 (%(default)s)")
+        parser.add_argument("--finetune-lr", type=float, default=1e-4,
+                            help="stage 2 learning rate (%(default)s)")
+    parser.add_argument("--train-size", type=int, help="train on a class-balanced subset of this size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    parser.add_argument("--out", metavar="DIR", help="run folder (default runs/RECIPE-DATA-seedK)")
+    parser.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=_recipe)
+    return parser
+
+
+def _benchmark_cats_vs_dogs(args: argparse.Namespace) -> int:
+    from transferkit.pretrained.benchmark import SIZES, run_benchmark
+
+    recipes = _parse_list(args.methods, ["scratch", "extract", "finetune"], "methods") or \
+        ["scratch", "extract", "finetune"]
+    sizes = SIZES
+    if args.sizes:
+        try:
+            sizes = tuple(int(t) for t in args.sizes.split(","))
+        except ValueError:
+            raise TransferkitError(f"--sizes {args.sizes}: expected comma-separated numbers") from None
+    if args.pairs or args.epochs:
+        raise TransferkitError("--pairs and --epochs apply to domain-adaptation protocols, not cats_vs_dogs")
+    if args.seeds < 1:
+        raise TransferkitError(f"--seeds {args.seeds}: expected a positive number")
+    out = Path(args.out or "runs/cats_vs_dogs")
+    run_benchmark(out, seeds=args.seeds, sizes=sizes, recipes=tuple(recipes), curve_seeds=args.curve_seeds,
+                  device=args.device, data_root=args.data_root, progress=not args.quiet)
+    print((out / "table.md").read_text())
+    print(f"results: {out / 'results.json'}, {out / 'table.md'}, {out / 'curve.png'}")
     return 0
 
 
@@ -192,6 +313,29 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--quiet", action="store_true", help="no progress bars")
     adapt.set_defaults(run=_adapt)
 
+    _add_recipe(commands, "extract", "train a new head on a frozen pretrained base (features cached)",
+                "Feature extraction: run the frozen base once per image (features cached on disk, so a "
+                "second run skips it) and train a new classifier head on the features. The epoch is "
+                "chosen on the validation split. Writes config.json, metrics.jsonl, metrics.json, "
+                "model.safetensors and model.json to --out.")
+    _add_recipe(commands, "finetune", "new head on the frozen base, then unfreeze the last blocks",
+                "Fine-tuning in two stages: (1) a new head on the frozen base, with augmentation; "
+                "(2) the last --unfreeze stages trained with the head at --finetune-lr. BatchNorm stays "
+                "in inference mode; each stage keeps its best epoch on the validation split.")
+    _add_recipe(commands, "scratch", "train a small convnet from random weights (the baseline)",
+                "The no-transfer baseline: Chollet's four-block convnet (or any --backbone with "
+                "--weights random) trained end to end with augmentation.")
+    pred = commands.add_parser(
+        "predict", help="class and probability for images, with a saved model",
+        description="Print FILE, class and probability for each image (files or folders, searched "
+                    "recursively). Unreadable files are reported on stderr and the exit code is 1.")
+    pred.add_argument("model", metavar="MODEL", help="run folder written by extract, finetune or scratch")
+    pred.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    pred.add_argument("--top", type=int, default=1, help="also list the next most likely classes")
+    pred.add_argument("--json", action="store_true", help="one JSON object per line")
+    pred.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    pred.set_defaults(run=_predict)
+
     from transferkit.benchmarks.protocols import PROTOCOLS
 
     bench = commands.add_parser(
@@ -199,9 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every method x pair x seed of a protocol whose data is present and "
                     "write OUT/results.json and OUT/table.md beside the paper's numbers. "
                     "Finished runs are kept: an interrupted benchmark resumes.")
-    bench.add_argument("protocol", choices=list(PROTOCOLS))
+    bench.add_argument("protocol", choices=[*PROTOCOLS, "cats_vs_dogs"],
+                       help="ganin2016 (DANN table) or cats_vs_dogs (scratch / extract / fine-tune and "
+                            "the data-efficiency curve)")
+    bench.add_argument("--sizes",
+                       help="cats_vs_dogs: training-set sizes (default 20,50,100,200,500,1000,2000)")
+    bench.add_argument("--curve-seeds", type=int,
+                       help="cats_vs_dogs: seeds for sizes below the full set (default: --seeds)")
     bench.add_argument("--pairs", help="comma-separated SOURCE:TARGET (default: all)")
-    bench.add_argument("--methods", help="comma-separated methods (default: all)")
+    bench.add_argument("--methods", help="comma-separated methods (default: all; cats_vs_dogs: "
+                                          "scratch,extract,finetune)")
     bench.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method and pair")
     bench.add_argument("--epochs", type=int, help="override the protocol's epochs (quick runs)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")

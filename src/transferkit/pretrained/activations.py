@@ -1,0 +1,149 @@
+"""What the trainable part of a network sees: the frozen prefix's outputs, cached.
+
+A network is split at stage ``s``: stages before ``s`` are frozen, so their output for an
+image never changes. With evaluation crops that output is computed once per split; with
+augmentation, once per pre-drawn augmented *view* (``views`` of them, each a different random
+crop and flip of every image), and training cycles through the views epoch by epoch. Both
+are cached on disk, keyed by the backbone's weights, the pixels, the crop and the split
+point, so a second run (or another head, another training-set size) skips the backbone.
+
+``views=0`` instead augments afresh at every step and recomputes the prefix: no cache, the
+unlimited-augmentation path, and the baseline for measuring what caching saves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.data.root import cache_dir
+from transferkit.pretrained import imaging
+from transferkit.pretrained.backbones import Backbone
+
+ACTIVATION_CACHE_VERSION = 1
+
+
+def _cache_path(key: dict) -> Path:
+    blob = json.dumps(dict(key, version=ACTIVATION_CACHE_VERSION), sort_keys=True).encode()
+    return cache_dir() / "activations" / (hashlib.sha256(blob).hexdigest()[:24] + ".npy")
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npy")
+    os.close(handle)
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@torch.inference_mode()
+def compute(
+    backbone: Backbone,
+    images: torch.Tensor,
+    stop: int,
+    size: int,
+    device: torch.device,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    progress: str | None = None,
+) -> torch.Tensor:
+    """Outputs of ``stages[:stop]`` for uint8 images (augmented when a generator is given),
+    as float16 on the CPU."""
+    backbone.eval()
+    spec = backbone.spec
+    chunks = []
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=progress, unit="batch", leave=False)
+    for start in starts:
+        batch = images[start : start + batch_size]
+        batch = (
+            imaging.augment(batch, size, generator) if generator is not None else imaging.centre(batch, size)
+        )
+        x = imaging.normalise(batch.to(device), spec.mean, spec.std).contiguous(
+            memory_format=torch.channels_last
+        )
+        chunks.append(backbone(x, 0, stop).half().cpu())
+    return torch.cat(chunks).contiguous()
+
+
+def cached_views(
+    backbone: Backbone,
+    images: torch.Tensor,
+    stop: int,
+    size: int,
+    device: torch.device,
+    views: int,
+    seed: int,
+    progress: bool = True,
+    label: str = "",
+) -> list[torch.Tensor]:
+    """``views`` augmented passes (``views=1`` and ``seed<0``: the centre crop) of the prefix,
+    from the disk cache when the same backbone, pixels and crops were computed before."""
+    cacheable = backbone.spec.weights_id != "random"
+    pixels = imaging.identity(images) if cacheable else ""
+    out = []
+    for view in range(views):
+        augmented = seed >= 0
+        key = {
+            "backbone": backbone.spec.name,
+            "weights": backbone.spec.weights_id,
+            "pixels": pixels,
+            "size": size,
+            "mean": backbone.spec.mean,
+            "std": backbone.spec.std,
+            "stop": stop,
+            "stages": backbone.stage_names[:stop],
+            "augment": augmented,
+            "seed": seed,
+            "view": view,
+            "crop": [imaging.CROP_FRACTION, imaging.SCALE, imaging.RATIO],
+        }
+        path = _cache_path(key)
+        if cacheable and path.is_file():
+            out.append(torch.from_numpy(np.load(path)))
+            continue
+        generator = None
+        if augmented:
+            generator = torch.Generator().manual_seed(seed * 1000 + view)
+        desc = f"{label} {'view ' + str(view + 1) + '/' + str(views) if augmented else 'centre crop'}"
+        result = compute(
+            backbone, images, stop, size, device, generator=generator, progress=desc if progress else None
+        )
+        if cacheable:
+            _save_atomic(path, result.numpy())
+        out.append(result)
+    return out
+
+
+@torch.inference_mode()
+def extend(
+    backbone: Backbone,
+    views: list[torch.Tensor],
+    start: int,
+    stop: int,
+    device: torch.device,
+    batch_size: int = 256,
+) -> list[torch.Tensor]:
+    """Run cached outputs of ``stages[:start]`` on through ``stages[start:stop]``."""
+    backbone.eval()
+    out = []
+    for view in views:
+        chunks = [
+            backbone(view[i : i + batch_size].to(device).float(), start, stop).half().cpu()
+            for i in range(0, len(view), batch_size)
+        ]
+        out.append(torch.cat(chunks))
+    return out

@@ -1,0 +1,81 @@
+"""Photos to network inputs: one resize per image, then crops and flips on uint8 tensors.
+
+Every image is resized once (shorter side to ``round(size / crop_fraction)``) and centre-cropped
+to a square, so a split becomes one uint8 N×3×R×R tensor. Evaluation takes the centre
+``size``×``size`` crop (the usual 0.875 crop of ImageNet evaluation); training takes a random
+resized crop (area 35–100 %, aspect 3/4–4/3) and a horizontal flip with probability ½.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from transferkit.data.images import ImageSet
+
+CROP_FRACTION = 0.875
+SCALE = (0.35, 1.0)
+RATIO = (3 / 4, 4 / 3)
+
+
+def stored_size(size: int) -> int:
+    return int(round(size / CROP_FRACTION))
+
+
+def prepare(image_set: ImageSet, size: int, progress: bool = False) -> torch.Tensor:
+    """uint8 N×3×R×R: each image's shorter side resized to R, then centre-cropped (grey → RGB)."""
+    side = stored_size(size)
+    out = torch.empty(len(image_set), 3, side, side, dtype=torch.uint8)
+    items = range(len(image_set))
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc=f"resize to {side}px", unit="img", leave=False)
+    for i in items:
+        image = torch.from_numpy(np.array(image_set.images[i])).permute(2, 0, 1)
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        image = TF.resize(image, side, antialias=True)
+        out[i] = TF.center_crop(image, [side, side])
+    return out
+
+
+def identity(images: torch.Tensor) -> str:
+    """A content hash of prepared images, so caches follow the pixels, not file names."""
+    digest = hashlib.sha256()
+    digest.update(str(tuple(images.shape)).encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    x = images.float().div_(255)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def centre(images: torch.Tensor, size: int) -> torch.Tensor:
+    return TF.center_crop(images, [size, size])
+
+
+def augment(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random resized crop + horizontal flip of each uint8 image in a batch."""
+    n, _, height, width = images.shape
+    out = torch.empty(n, 3, size, size, dtype=torch.uint8, device=images.device)
+    draws = torch.rand(n, 5, generator=generator).tolist()
+    for i, (u_area, u_ratio, u_top, u_left, u_flip) in enumerate(draws):
+        area = height * width * (SCALE[0] + (SCALE[1] - SCALE[0]) * u_area)
+        log_ratio = math.log(RATIO[0]) + (math.log(RATIO[1]) - math.log(RATIO[0])) * u_ratio
+        ratio = math.exp(log_ratio)
+        w = min(width, int(round(math.sqrt(area * ratio))))
+        h = min(height, int(round(math.sqrt(area / ratio))))
+        top = int((height - h) * u_top)
+        left = int((width - w) * u_left)
+        crop = TF.resized_crop(images[i], top, left, h, w, [size, size], antialias=True)
+        out[i] = TF.horizontal_flip(crop) if u_flip < 0.5 else crop
+    return out

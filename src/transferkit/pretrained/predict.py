@@ -1,0 +1,92 @@
+"""Class and probability for image files, with a model saved by ``extract`` or ``finetune``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.errors import TransferkitError
+from transferkit.pretrained import imaging
+from transferkit.pretrained.classifier import Classifier
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
+
+
+@dataclass
+class Prediction:
+    path: Path
+    label: str | None
+    probability: float | None
+    top: list[tuple[str, float]]
+    error: str | None = None
+
+
+def expand(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for image files (sorted)."""
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise TransferkitError(
+                    f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TransferkitError(f"{path}: no such file or folder")
+    return files
+
+
+def _read(path: Path, side: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise TransferkitError(f"not a readable image ({exc.__class__.__name__})") from exc
+    import torchvision.transforms.v2.functional as TF
+
+    tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+    return TF.center_crop(TF.resize(tensor, side, antialias=True), [side, side])
+
+
+@torch.inference_mode()
+def predict_files(
+    model: Classifier,
+    files: list[Path],
+    batch_size: int = 32,
+    top: int = 1,
+    device: torch.device | None = None,
+) -> list[Prediction]:
+    device = device or torch.device("cpu")
+    model = model.to(device).eval()
+    spec = model.backbone.spec
+    size, side = spec.input_size, imaging.stored_size(spec.input_size)
+    results: list[Prediction] = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        tensors, ok = [], []
+        for path in chunk:
+            try:
+                tensors.append(_read(path, side))
+                ok.append(path)
+            except TransferkitError as exc:
+                results.append(Prediction(path, None, None, [], str(exc)))
+        if not tensors:
+            continue
+        x = imaging.normalise(imaging.centre(torch.stack(tensors), size).to(device), spec.mean, spec.std)
+        probs = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(1).cpu()
+        for path, p in zip(ok, probs, strict=True):
+            values, index = p.topk(min(top, len(model.classes)))
+            ranked = [(model.classes[i], float(v)) for v, i in zip(values, index, strict=True)]
+            results.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
+    order = {path: i for i, path in enumerate(files)}
+    return sorted(results, key=lambda r: order[r.path])

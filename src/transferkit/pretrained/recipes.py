@@ -1,0 +1,409 @@
+"""The three recipes of the lecture, on one labelled data set with train/val/test splits.
+
+- ``extract``: the frozen base runs once per image (features cached on disk), a new head is
+  trained on the features.
+- ``finetune``: stage 1 as ``extract`` but on augmented views; stage 2 unfreezes the last
+  ``unfreeze`` stages and trains them with the head at a lower learning rate.
+- ``scratch``: the whole network from random weights (Chollet's small convnet by default),
+  augmented afresh at every step.
+
+Each run writes ``config.json``, ``metrics.jsonl`` (one line per epoch), ``metrics.json`` and
+the model (``model.safetensors`` + ``model.json``) under its output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferkit.errors import TransferkitError
+from transferkit.pretrained import activations, imaging
+from transferkit.pretrained.backbones import build_backbone
+from transferkit.pretrained.classifier import (
+    CachedInputs,
+    Classifier,
+    OnlineInputs,
+    StageConfig,
+    evaluate,
+    make_head,
+    save_model,
+    train_stage,
+)
+from transferkit.training.device import resolve_device
+
+RECIPES = ("extract", "finetune", "scratch")
+VAL_NAMES = ("val", "valid", "validation")
+
+
+@dataclass
+class RecipeConfig:
+    recipe: str = "finetune"
+    data: str = "cats_vs_dogs"
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    image_size: int | None = None
+    head: str = "linear"
+    views: int = 4  # augmented views cached for training (0: augment online, no cache)
+    unfreeze: str = "2"  # stages trained in stage 2 (a count, a stage name, or "all")
+    epochs: int = 30  # stage 1 (the only stage of extract and scratch)
+    finetune_epochs: int = 15  # stage 2
+    learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-4
+    batch_size: int = 32
+    patience: int = 6
+    train_size: int | None = None  # a class-balanced subset of the training split
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self) -> None:
+        if self.recipe not in RECIPES:
+            raise TransferkitError(f"recipe {self.recipe}: expected one of {', '.join(RECIPES)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise TransferkitError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected ≥ 1")
+        if self.views < 0:
+            raise TransferkitError(f"--views {self.views}: expected ≥ 0")
+        if self.train_size is not None and self.train_size < 2:
+            raise TransferkitError(f"--train-size {self.train_size}: expected at least 2 images")
+
+
+@dataclass
+class Splits:
+    train: Any
+    val: Any
+    test: Any | None
+    classes: tuple[str, ...]
+    val_from_train: bool
+
+
+def load_splits(data: str, data_root: str | None) -> Splits:
+    """train, val (or 20 % of train, class-balanced, when the data set has none) and test."""
+    from transferkit.data.images import ImageSet
+    from transferkit.data.loading import load_split
+    from transferkit.data.sources import get_source
+
+    source = get_source(data)
+    if "train" not in source.splits:
+        raise TransferkitError(f"{data}: needs a 'train' split (has {', '.join(source.splits)})")
+    train = load_split(data, "train", data_root)
+    val_name = next((v for v in VAL_NAMES if v in source.splits), None)
+    test = load_split(data, "test", data_root) if "test" in source.splits else None
+    if val_name is not None:
+        return Splits(train, load_split(data, val_name, data_root), test, train.classes, False)
+    rng = np.random.default_rng(12345)
+    val_index = np.concatenate(
+        [
+            rng.permutation(np.flatnonzero(train.labels == c))[: max(1, int(0.2 * n))]
+            for c, n in enumerate(np.bincount(train.labels))
+        ]
+    )
+    keep = np.setdiff1d(np.arange(len(train)), val_index)
+
+    def take(index: np.ndarray) -> ImageSet:
+        from transferkit.data.images import stack_images
+
+        return ImageSet(
+            stack_images([np.asarray(train.images[i]) for i in index]), train.labels[index], train.classes
+        )
+
+    return Splits(take(keep), take(val_index), test, train.classes, True)
+
+
+def balanced_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """``size`` indices, as equal per class as possible, drawn with ``seed``."""
+    if size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per = [size // len(classes) + (1 if i < size % len(classes) else 0) for i in range(len(classes))]
+    chosen = []
+    for c, k in zip(classes, per, strict=True):
+        pool = np.flatnonzero(labels == c)
+        if k > len(pool):
+            raise TransferkitError(f"--train-size {size}: class {c} has only {len(pool)} training images")
+        chosen.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _check_input_size(backbone: Any, size: int, device: torch.device) -> None:
+    if size < 8:
+        raise TransferkitError(f"--image-size {size}: expected at least 8 pixels")
+    try:
+        with torch.inference_mode():
+            backbone.eval()(torch.zeros(1, 3, size, size, device=device))
+    except RuntimeError as exc:
+        raise TransferkitError(
+            f"--image-size {size}: too small for {backbone.spec.name} ({str(exc).splitlines()[0]})"
+        ) from exc
+
+
+class _Log:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.write_text("")
+
+    def __call__(self, _result: Any, record: dict[str, float]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def run(
+    config: RecipeConfig,
+    out: str | Path,
+    data_root: str | None = None,
+    progress: bool = True,
+    splits: Splits | None = None,
+    prepared: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Run one recipe; returns (and writes) its metrics. ``splits``/``prepared`` let a
+    benchmark reuse decoded and resized images across runs."""
+    config.check()
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    weights = config.weights
+    if config.recipe == "scratch" and weights == "imagenet":
+        weights = "random"
+    backbone = build_backbone(config.backbone, weights, config.image_size).to(device)
+    size = backbone.spec.input_size
+    _check_input_size(backbone, size, device)
+    splits = splits or load_splits(config.data, data_root)
+    (out / "config.json").write_text(
+        json.dumps({**asdict(config), "weights": weights, "input_size": size}, indent=2)
+    )
+    if prepared is None:
+        prepared = {
+            name: imaging.prepare(s, size, progress)
+            for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+            if s is not None
+        }
+    labels = {
+        name: torch.as_tensor(np.array(s.labels))
+        for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        if s is not None
+    }
+    subset = torch.as_tensor(
+        balanced_subset(labels["train"].numpy(), config.train_size, config.seed)
+        if config.train_size
+        else np.arange(len(labels["train"]))
+    )
+    model = Classifier(
+        backbone,
+        make_head(config.head, backbone.feature_dim, len(splits.classes)).to(device),
+        splits.classes,
+        config.head,
+    )
+    log = _Log(out / "metrics.jsonl")
+    n_stages = len(backbone.stages)
+    timings: dict[str, float] = {}
+
+    def inputs(name: str, split: int, augment: bool) -> CachedInputs | OnlineInputs:
+        images = prepared[name] if name != "train" else prepared["train"][subset]
+        if split == 0 or (augment and config.views == 0):
+            gen = torch.Generator().manual_seed(config.seed + 1) if augment else None
+            return OnlineInputs(images, backbone, split, size, device, gen)
+        if name == "train":  # cache the whole training split; subsets index into it
+            whole = prepared["train"]
+            t = time.perf_counter()
+            views = activations.cached_views(
+                backbone,
+                whole,
+                split,
+                size,
+                device,
+                config.views if augment else 1,
+                config.seed if augment else -1,
+                progress,
+                f"{name} ⟶ {backbone.stage_names[split - 1]}",
+            )
+            timings[f"prefix_{name}_{'aug' if augment else 'centre'}_seconds"] = time.perf_counter() - t
+            return CachedInputs([v[subset] for v in views], device)
+        t = time.perf_counter()
+        views = activations.cached_views(
+            backbone,
+            images,
+            split,
+            size,
+            device,
+            1,
+            -1,
+            progress,
+            f"{name} ⟶ {backbone.stage_names[split - 1]}",
+        )
+        timings[f"prefix_{name}_seconds"] = time.perf_counter() - t
+        return CachedInputs(views, device)
+
+    stages = []
+    y_train = labels["train"][subset]
+    head_config = StageConfig(
+        "head", config.epochs, config.learning_rate, patience=config.patience, batch_size=config.batch_size
+    )
+    if config.recipe == "scratch":
+        split = 0
+        scratch_config = StageConfig(
+            "scratch",
+            config.epochs,
+            config.learning_rate,
+            patience=config.patience,
+            batch_size=config.batch_size,
+        )
+        stages.append(
+            train_stage(
+                model,
+                split,
+                inputs("train", 0, True),
+                y_train,
+                inputs("val", 0, False),
+                labels["val"],
+                scratch_config,
+                generator,
+                device,
+                log,
+                progress,
+            )
+        )
+    elif config.recipe == "extract":
+        split = n_stages
+        stages.append(
+            train_stage(
+                model,
+                split,
+                inputs("train", split, False),
+                y_train,
+                inputs("val", split, False),
+                labels["val"],
+                head_config,
+                generator,
+                device,
+                log,
+                progress,
+            )
+        )
+    else:
+        # The prefix up to the first unfrozen stage is computed once; stage 1's features are
+        # the frozen suffix applied to those same cached views.
+        split = backbone.split_index(config.unfreeze)
+        train_in, val_in = inputs("train", split, True), inputs("val", split, False)
+        if split < n_stages and isinstance(train_in, CachedInputs):
+            head_train = CachedInputs(
+                activations.extend(backbone, train_in.views, split, n_stages, device), device
+            )
+            head_val = CachedInputs(
+                activations.extend(backbone, val_in.views, split, n_stages, device), device
+            )
+            stages.append(
+                train_stage(
+                    model,
+                    n_stages,
+                    head_train,
+                    y_train,
+                    head_val,
+                    labels["val"],
+                    head_config,
+                    generator,
+                    device,
+                    log,
+                    progress,
+                )
+            )
+        elif split < n_stages:
+            stages.append(
+                train_stage(
+                    model,
+                    n_stages,
+                    inputs("train", n_stages, True),
+                    y_train,
+                    inputs("val", n_stages, False),
+                    labels["val"],
+                    head_config,
+                    generator,
+                    device,
+                    log,
+                    progress,
+                )
+            )
+        else:
+            stages.append(
+                train_stage(
+                    model,
+                    split,
+                    train_in,
+                    y_train,
+                    val_in,
+                    labels["val"],
+                    head_config,
+                    generator,
+                    device,
+                    log,
+                    progress,
+                )
+            )
+        if split < n_stages:
+            stage_two = StageConfig(
+                "finetune",
+                config.finetune_epochs,
+                config.finetune_learning_rate,
+                patience=config.patience,
+                batch_size=config.batch_size,
+            )
+            stages.append(
+                train_stage(
+                    model,
+                    split,
+                    train_in,
+                    y_train,
+                    val_in,
+                    labels["val"],
+                    stage_two,
+                    generator,
+                    device,
+                    log,
+                    progress,
+                )
+            )
+    result: dict[str, Any] = {
+        "recipe": config.recipe,
+        "data": config.data,
+        "backbone": config.backbone,
+        "weights": weights,
+        "input_size": size,
+        "head": config.head,
+        "seed": config.seed,
+        "train_size": len(subset),
+        "val_size": len(labels["val"]),
+        "val_from_train": splits.val_from_train,
+        "val_accuracy": stages[-1].best_val_accuracy,
+        "selected_by": "best validation accuracy over epochs (ties: lower validation loss)",
+        "stages": [
+            {
+                "name": s.name,
+                "trainable_from": backbone.stage_names[s.split] if s.split < n_stages else "head only",
+                "epochs_run": s.epochs_run,
+                "best_epoch": s.best_epoch,
+                "best_val_accuracy": s.best_val_accuracy,
+                "seconds": s.seconds,
+                "median_epoch_seconds": float(np.median(s.epoch_seconds)) if s.epoch_seconds else None,
+            }
+            for s in stages
+        ],
+        "timings": timings,
+        "device": str(device),
+    }
+    if "test" in labels:
+        test_in = inputs("test", split, False)
+        accuracy, _, _ = evaluate(model, split, test_in, labels["test"])
+        result["test_accuracy"] = accuracy
+        result["test_size"] = len(labels["test"])
+    result["wall_seconds"] = time.perf_counter() - started
+    save_model(model, out, {"recipe": config.recipe, "data": config.data})
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
