@@ -365,7 +365,8 @@ def test_cli_finetune_then_predict(photos, tmp_path, capsys):
         ),
     ],
 )
-def test_cli_bad_input_exits_2_naming_the_problem(args, message, photos, tmp_path, capsys):
+def test_cli_bad_input_exits_2_naming_the_problem(args, message, photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default --out folders land here
     code = main([a.format(tmp=tmp_path, photos=photos) for a in args])
     err = capsys.readouterr().err
     assert code == 2

@@ -179,6 +179,21 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_DATA_BAD if failed else 0
 
 
+def _advise(args: argparse.Namespace) -> int:
+    from transferkit.advise.advisor import advise, render
+
+    candidates = [c.strip() for c in (args.backbones or "efficientnet_lite0").split(",") if c.strip()]
+    if args.samples < 10:
+        raise TransferkitError(f"--samples {args.samples}: expected at least 10")
+    result = advise(args.target, args.source, candidates, samples=args.samples, device=args.device,
+                    data_root=args.data_root, out=args.out, progress=not args.quiet,
+                    reference=not args.no_reference)
+    print(render(result))
+    if args.out:
+        print(f"results: {Path(args.out) / 'advise.json'}, {Path(args.out) / 'advise.md'}")
+    return 0
+
+
 def _add_recipe(commands, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
     scratch = name == "scratch"
     parser = commands.add_parser(name, help=help_text, description=description)
@@ -203,7 +218,7 @@ def _add_recipe(commands, name: str, help_text: str, description: str) -> argpar
     parser.add_argument("--patience", type=int, default=6,
                         help="stop after this many epochs without a better validation accuracy (%(default)s)")
     if name == "finetune":
-        parser.add_argument("--unfreeze", default="3",
+        parser.add_argument("--unfreeze", default="2",
                             help="stage 2 trains the last K stages with weights, from a named stage "
                                  "(e.g. block5 of vgg16, blocks.5 of efficientnet_lite0), or 'all'; "
                                  "default %(default)s")
@@ -211,7 +226,7 @@ def _add_recipe(commands, name: str, help_text: str, description: str) -> argpar
                             help="augmented views of the training set whose frozen-prefix outputs are "
                                  "cached; 0 augments afresh every step (slower, unlimited "
                                  "augmentation); default %(default)s")
-        parser.add_argument("--finetune-epochs", type=int, default=15,
+        parser.add_argument("--finetune-epochs", type=int, default=10,
                             help="most epochs of stage 2 (%(default)s)")
         parser.add_argument("--finetune-lr", type=float, default=1e-4,
                             help="stage 2 learning rate (%(default)s)")
@@ -335,6 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--json", action="store_true", help="one JSON object per line")
     pred.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     pred.set_defaults(run=_predict)
+
+    adv = commands.add_parser(
+        "advise", help="should I transfer, and from what? (LogME, LEEP, H-score, domain gap)",
+        description="Score candidate networks for a labelled target data set without training "
+                    "(LogME, H-score on their frozen features; LEEP on their own classifiers' outputs), "
+                    "measure the domain gap to --source (proxy A-distance on pixels and features), and "
+                    "recommend: train from scratch, extract features, fine-tune, or adapt without labels.")
+    adv.add_argument("--target", required=True, help="labelled target data set (name or folder:PATH)")
+    adv.add_argument("--source", help="source data set, to measure the domain gap")
+    adv.add_argument("--backbones", help="comma-separated candidates NAME[@WEIGHTS]: efficientnet_lite0, "
+                                         "resnet50@imagenet, timm:NAME, run:DIR (a transferkit adapt run); "
+                                         "default efficientnet_lite0")
+    adv.add_argument("--samples", type=int, default=1000,
+                     help="class-balanced target images to score on (default %(default)s)")
+    adv.add_argument("--no-reference", action="store_true",
+                     help="do not add the first candidate with random weights as a reference")
+    adv.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    adv.add_argument("--out", metavar="DIR", help="write advise.json and advise.md here")
+    adv.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
+    adv.add_argument("--quiet", action="store_true", help="no progress output")
+    adv.set_defaults(run=_advise)
 
     from transferkit.benchmarks.protocols import PROTOCOLS
 

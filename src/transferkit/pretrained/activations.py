@@ -109,7 +109,7 @@ def cached_views(
             "augment": augmented,
             "seed": seed,
             "view": view,
-            "crop": [imaging.CROP_FRACTION, imaging.SCALE, imaging.RATIO],
+            "crop": [backbone.spec.crop_fraction, imaging.SCALE, imaging.RATIO],
         }
         path = _cache_path(key)
         if cacheable and path.is_file():

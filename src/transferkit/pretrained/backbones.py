@@ -44,17 +44,31 @@ class BackboneSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights_id: str  # content identity of the weights, for feature-cache keys
+    crop_fraction: float = 0.875  # evaluation crop: ImageNet's 0.875; 1.0 for small images
 
 
 class Backbone(nn.Module):
     """Stages applied in order; ``forward(x, start, stop)`` runs ``stages[start:stop]``."""
 
-    def __init__(self, stages: list[tuple[str, nn.Module]], feature_dim: int, spec: BackboneSpec) -> None:
+    def __init__(
+        self,
+        stages: list[tuple[str, nn.Module]],
+        feature_dim: int,
+        spec: BackboneSpec,
+        source_classifier: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.stage_names = [name for name, _ in stages]
         self.stages = nn.ModuleList([module for _, module in stages])
         self.feature_dim = feature_dim
         self.spec = spec
+        # The pre-trained network's own classifier over the pooled features (ImageNet's 1,000
+        # classes, a digit network's 10), for LEEP. Kept out of the state dict on purpose.
+        self._source_classifier = [source_classifier] if source_classifier is not None else []
+
+    @property
+    def source_classifier(self) -> nn.Module | None:
+        return self._source_classifier[0] if self._source_classifier else None
 
     def forward(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         for stage in self.stages[start:stop]:
@@ -276,12 +290,81 @@ def _small_convnet() -> tuple[nn.Module, list, int, int, tuple, tuple]:
     return model, stages + [("pool", _Pool())], 128, 150, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
-def build_backbone(name: str, weights: str = "imagenet", input_size: int | None = None) -> Backbone:
-    """The named backbone with ``weights`` ``imagenet``, ``random`` or a state-dict file."""
+def _pooled_classifier(model: nn.Module) -> nn.Module | None:
+    """The model's classifier when it reads the globally pooled features our ``pool`` stage
+    yields (EfficientNet/MobileNet-like timm models, ResNets); None otherwise (e.g. VGG's
+    classifier reads the flattened 7×7 map)."""
+    if hasattr(model, "conv_stem") and hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    if hasattr(model, "layer4") and isinstance(getattr(model, "fc", None), nn.Linear):
+        return model.fc
+    return None
+
+
+def _digit_run(path: str, weights: str, data_root: str | None = None):
+    """A network trained by ``transferkit adapt`` (its run folder): the paper's conv layers as
+    stages, its label predictor as the source classifier, the pair's mean pixel subtracted."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from transferkit.models.digit_networks import DigitNetwork
+
+    folder = Path(path)
+    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise TransferkitError(
+            f"backbone run:{path}: expected a transferkit adapt run folder "
+            f"(config.json and model.safetensors)"
+        )
+    config = json.loads(config_path.read_text())
+    state = load_file(str(weights_path))
+    last = [k for k in state if k.startswith("label_predictor.") and k.endswith(".weight")][-1]
+    network = DigitNetwork(config["network"], state[last].shape[0], config["image_size"])
+    if weights != "random":
+        network.load_state_dict(state)
+    from transferkit.data.pairs import load_pair
+
+    pair = load_pair(
+        config["source"],
+        config["target"],
+        size=config["image_size"],
+        data_root=data_root,
+        binarize_source=config.get("binarize_source", False),
+    )
+    mean = tuple(float(m) for m in pair.mean)
+    stages, current, block = [], [], 1
+    for layer in network.features:
+        if isinstance(layer, nn.Flatten):
+            break
+        current.append(layer)
+        if isinstance(layer, nn.ReLU):
+            stages.append((f"conv{block}", nn.Sequential(*current)))
+            current, block = [], block + 1
+    if current:
+        stages.append((f"conv{block}", nn.Sequential(*current)))
+    stages.append(("flatten", nn.Flatten()))
+    return network, stages, network.feature_dim, config["image_size"], mean, (1.0, 1.0, 1.0)
+
+
+def build_backbone(
+    name: str, weights: str = "imagenet", input_size: int | None = None, data_root: str | None = None
+) -> Backbone:
+    """The named backbone with ``weights`` ``imagenet``, ``random`` or a state-dict file.
+    ``run:DIR`` (a network trained by ``transferkit adapt``) takes ``trained`` or ``random``."""
     source = weights
-    from_file = weights not in ("imagenet", "random")
+    from_file = weights not in ("imagenet", "random", "trained")
     build_weights = "random" if from_file else weights
-    if name == "efficientnet_lite0":
+    crop = 0.875
+    if weights == "trained" and not name.startswith("run:"):
+        raise TransferkitError(f"--weights trained applies to run:DIR backbones, not {name}")
+    if name.startswith("run:"):
+        if from_file or weights == "imagenet":
+            weights = source = "trained"
+        model, stages, width, size, mean, std = _digit_run(name[4:], weights, data_root)
+        crop, from_file = 1.0, False
+        head: nn.Module | None = model.label_predictor
+    elif name == "efficientnet_lite0":
         model, stages, width, size, mean, std = _lite0(build_weights)
         classifier = ("classifier.",)
     elif name == "small_convnet":
@@ -295,6 +378,8 @@ def build_backbone(name: str, weights: str = "imagenet", input_size: int | None 
     else:
         model, stages, width, size, mean, std = _torchvision(name, build_weights)
         classifier = ("fc.", "classifier.")
+    if not name.startswith("run:"):
+        head = _pooled_classifier(model)
     if from_file:
         state = read_state_dict(weights)
         if name == "efficientnet_lite0" and any(k.startswith("_blocks.") for k in state):
@@ -302,14 +387,24 @@ def build_backbone(name: str, weights: str = "imagenet", input_size: int | None 
 
             state = map_reference_keys(state, model)
         _load_into(model, state, f"--weights {weights}", ignore_prefixes=classifier)
+        if not any(k.startswith(classifier) for k in state if classifier):
+            head = None  # the file has no classifier: ours would be random
         weights_id = "file:" + _file_identity(Path(weights))
     elif weights == "imagenet" and name == "efficientnet_lite0":
         from transferkit.pretrained.lite0 import lite0_weights_path
 
         weights_id = "lite0:" + _file_identity(lite0_weights_path())
+    elif name.startswith("run:") and weights == "trained":
+        weights_id = "run:" + _file_identity(Path(name[4:]) / "model.safetensors")
     else:
         weights_id = weights
     spec = BackboneSpec(
-        name=name, weights=source, input_size=input_size or size, mean=mean, std=std, weights_id=weights_id
+        name=name,
+        weights=source,
+        input_size=input_size or size,
+        mean=mean,
+        std=std,
+        weights_id=weights_id,
+        crop_fraction=crop,
     )
-    return Backbone(stages, width, spec)
+    return Backbone(stages, width, spec, head)

@@ -22,13 +22,16 @@ SCALE = (0.35, 1.0)
 RATIO = (3 / 4, 4 / 3)
 
 
-def stored_size(size: int) -> int:
-    return int(round(size / CROP_FRACTION))
+def stored_size(size: int, crop_fraction: float = CROP_FRACTION) -> int:
+    return int(round(size / crop_fraction))
 
 
-def prepare(image_set: ImageSet, size: int, progress: bool = False) -> torch.Tensor:
-    """uint8 N×3×R×R: each image's shorter side resized to R, then centre-cropped (grey → RGB)."""
-    side = stored_size(size)
+def prepare(
+    image_set: ImageSet, size: int, progress: bool = False, crop_fraction: float = CROP_FRACTION
+) -> torch.Tensor:
+    """uint8 N×3×R×R: each image's shorter side resized to R = size / crop_fraction, then
+    centre-cropped to a square (grey → RGB)."""
+    side = stored_size(size, crop_fraction)
     out = torch.empty(len(image_set), 3, side, side, dtype=torch.uint8)
     items = range(len(image_set))
     if progress:

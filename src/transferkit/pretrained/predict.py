@@ -69,7 +69,7 @@ def predict_files(
     device = device or torch.device("cpu")
     model = model.to(device).eval()
     spec = model.backbone.spec
-    size, side = spec.input_size, imaging.stored_size(spec.input_size)
+    size, side = spec.input_size, imaging.stored_size(spec.input_size, spec.crop_fraction)
     results: list[Prediction] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]

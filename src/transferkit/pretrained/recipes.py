@@ -52,7 +52,7 @@ class RecipeConfig:
     views: int = 4  # augmented views cached for training (0: augment online, no cache)
     unfreeze: str = "2"  # stages trained in stage 2 (a count, a stage name, or "all")
     epochs: int = 30  # stage 1 (the only stage of extract and scratch)
-    finetune_epochs: int = 15  # stage 2
+    finetune_epochs: int = 10  # stage 2
     learning_rate: float = 1e-3
     finetune_learning_rate: float = 1e-4
     batch_size: int = 32
@@ -166,7 +166,6 @@ def run(
     config.check()
     started = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -177,12 +176,13 @@ def run(
     size = backbone.spec.input_size
     _check_input_size(backbone, size, device)
     splits = splits or load_splits(config.data, data_root)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(
         json.dumps({**asdict(config), "weights": weights, "input_size": size}, indent=2)
     )
     if prepared is None:
         prepared = {
-            name: imaging.prepare(s, size, progress)
+            name: imaging.prepare(s, size, progress, backbone.spec.crop_fraction)
             for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
             if s is not None
         }
