@@ -194,6 +194,16 @@ def _advise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from transferkit.report import report
+
+    if args.samples < 10:
+        raise TransferkitError(f"--samples {args.samples}: expected at least 10")
+    page = report(args.run_dir, args.out, args.before, args.samples, args.data_root)
+    print(f"report: {page} (open it in a browser; the PNGs are beside it)")
+    return 0
+
+
 def _add_recipe(commands, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
     scratch = name == "scratch"
     parser = commands.add_parser(name, help=help_text, description=description)
@@ -371,6 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     adv.add_argument("--quiet", action="store_true", help="no progress output")
     adv.set_defaults(run=_advise)
+
+    rep = commands.add_parser(
+        "report", help="one self-contained HTML page about a run (curves, confusion, t-SNE)",
+        description="Write RUN_DIR/report/report.html and its PNGs: config and results, learning curves, "
+                    "a confusion matrix, sample images, and a t-SNE of features (for adaptation runs: "
+                    "source and target, before and after adaptation, with their proxy A-distance).")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of adapt, extract, finetune or scratch")
+    rep.add_argument("--out", metavar="DIR", help="where to write (default RUN_DIR/report)")
+    rep.add_argument("--before", metavar="DIR",
+                     help="adaptation runs: the run whose features are 'before' (default: the sibling "
+                          "source_only run of the same seed, else the untrained network)")
+    rep.add_argument("--samples", type=int, default=500, help="images per domain in the t-SNE (%(default)s)")
+    rep.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
+    rep.set_defaults(run=_report)
 
     from transferkit.benchmarks.protocols import PROTOCOLS
 

@@ -318,8 +318,9 @@ def _digit_run(path: str, weights: str, data_root: str | None = None):
             f"(config.json and model.safetensors)"
         )
     config = json.loads(config_path.read_text())
-    state = load_file(str(weights_path))
-    last = [k for k in state if k.startswith("label_predictor.") and k.endswith(".weight")][-1]
+    state = {k.removeprefix("network."): v for k, v in load_file(str(weights_path)).items()}
+    predictor = [k for k in state if k.startswith("label_predictor.") and k.endswith(".weight")]
+    last = max(predictor, key=lambda k: int(k.split(".")[1]))
     network = DigitNetwork(config["network"], state[last].shape[0], config["image_size"])
     if weights != "random":
         network.load_state_dict(state)

@@ -1,0 +1,468 @@
+"""``transferkit report RUN_DIR``: one self-contained HTML page about a run, plus its PNGs.
+
+For a domain-adaptation run (``transferkit adapt`` / ``benchmark ganin2016``): the config and
+final numbers, learning curves (losses, source-validation accuracy, the domain classifier's
+accuracy), the target-test confusion matrix, sample images of each domain, and a t-SNE of
+source and target features before and after adaptation (the DANN paper's Figure 3), with the
+proxy A-distance of the same features. "Before" is the sibling ``source_only`` run of the
+same seed when there is one (``--before DIR`` picks another), else the untrained network.
+
+For an ``extract``/``finetune``/``scratch`` run: config and numbers, per-stage learning curves,
+the test confusion matrix, sample training images per class and a t-SNE of test features.
+
+Images are embedded as base64, so the page opens from disk, without a server.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transferkit.errors import TransferkitError
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def _curves(history: list[dict[str, Any]], keys: list[tuple[str, str]], path: Path, x: str = "epoch") -> Path:
+    plt = _plt()
+    groups = [g for g in keys if any(g[0] in h for h in history)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.0), squeeze=False)
+    for ax, (key, title) in zip(axes[0], groups, strict=True):
+        if "stage" in history[0]:
+            for stage in dict.fromkeys(h["stage"] for h in history):
+                rows = [h for h in history if h["stage"] == stage and key in h]
+                ax.plot([h[x] + 1 for h in rows], [h[key] for h in rows], marker=".", label=stage)
+            ax.legend(fontsize=7)
+        else:
+            rows = [h for h in history if key in h]
+            ax.plot([h[x] for h in rows], [h[key] for h in rows], marker=".")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _confusion(
+    true: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...], path: Path, title: str
+) -> Path:
+    from sklearn.metrics import confusion_matrix
+
+    plt = _plt()
+    matrix = confusion_matrix(true, predicted, labels=range(len(classes)))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(classes), 1.0 + 0.45 * len(classes)))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value > matrix.max() / 2 else "black",
+        )
+    ax.set_xticks(range(len(classes)), [str(c)[:8] for c in classes], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), [str(c)[:8] for c in classes], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _grid(rows: list[tuple[str, torch.Tensor]], path: Path) -> Path:
+    """One row of uint8 C×H×W images per (label, images)."""
+    plt = _plt()
+    columns = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.9, len(rows) * 1.0), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c].permute(1, 2, 0).numpy())
+        axes[r][0].set_title(label, fontsize=8, loc="left")
+    return _save(fig, path)
+
+
+def _tsne(
+    panels: list[tuple[str, np.ndarray, np.ndarray, dict[int, str]]], path: Path, seed: int = 0
+) -> Path:
+    """Each panel: title, features, group index per point, group names."""
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    for ax, (title, features, groups, names) in zip(axes[0], panels, strict=True):
+        embedded = TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(
+            features.astype(np.float32)
+        )
+        for g, name in names.items():
+            mask = groups == g
+            ax.scatter(embedded[mask, 0], embedded[mask, 1], s=4, alpha=0.6, label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, markerscale=3)
+    return _save(fig, path)
+
+
+def _image_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    caption = html.escape(alt)
+    return (
+        f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def _page(
+    title: str,
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    figures: list[tuple[Path, str]],
+    notes: list[str],
+) -> str:
+    def table(record: dict[str, Any]) -> str:
+        rows = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in record.items()
+        )
+        return f"<table>{rows}</table>"
+
+    body = "".join(_image_tag(p, alt) for p, alt in figures)
+    notes_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 2em 1em 0; display: inline-table; vertical-align: top; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 2px 10px; text-align: left; font-size: 13px; }}
+th {{ color: #555; font-weight: 600; }}
+figure {{ margin: 1.2em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; font-size: 13px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<h2>Results</h2>{table(summary)}<h2>Configuration</h2>{table(config)}
+{notes_html}
+<h2>Figures</h2>{body}
+</body></html>
+"""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)[:300]
+    return str(value)
+
+
+# ---------------------------------------------------------------- domain-adaptation runs
+
+
+def _adapt_network(run: Path, config: dict[str, Any], classes: int, trained: bool = True):
+    from safetensors.torch import load_file
+
+    from transferkit.models.digit_networks import DigitNetwork
+
+    torch.manual_seed(config.get("seed", 0))  # the initial weights the run started from
+    network = DigitNetwork(config["network"], classes, config["image_size"])
+    if trained:
+        state = load_file(str(run / "model.safetensors"))
+        network.load_state_dict({k.removeprefix("network."): v for k, v in state.items()})
+    return network.eval()
+
+
+@torch.inference_mode()
+def _features_and_predictions(network: Any, images: torch.Tensor, pair: Any) -> tuple[np.ndarray, np.ndarray]:
+    features, predictions = [], []
+    for start in range(0, len(images), 512):
+        x = pair.normalize(images[start : start + 512])
+        f = network.features(x)
+        features.append(f.numpy())
+        predictions.append(network.label_predictor(f).argmax(1).numpy())
+    return np.concatenate(features), np.concatenate(predictions)
+
+
+def _adapt_report(
+    run: Path, out: Path, config: dict[str, Any], before: Path | None, samples: int, data_root: str | None
+) -> tuple[str, dict, list, list]:
+    from transferkit.advise.scores import proxy_a_distance
+    from transferkit.data.pairs import load_pair
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    pair = load_pair(
+        config["source"],
+        config["target"],
+        size=config["image_size"],
+        data_root=data_root,
+        binarize_source=config.get("binarize_source", False),
+    )
+    classes = len(pair.classes)
+    network = _adapt_network(run, config, classes)
+    figures, notes = [], []
+    if history:
+        figures.append(
+            (
+                _curves(
+                    history,
+                    [
+                        ("class_loss", "label loss"),
+                        ("domain_loss", "domain loss"),
+                        ("domain_accuracy", "domain classifier accuracy"),
+                        ("source_val_accuracy", "source validation accuracy"),
+                    ],
+                    out / "curves.png",
+                ),
+                "Learning curves (one point per epoch)",
+            )
+        )
+    _, predicted = _features_and_predictions(network, pair.target_test.images, pair)
+    figures.append(
+        (
+            _confusion(
+                pair.target_test.labels.numpy(),
+                predicted,
+                pair.classes,
+                out / "confusion.png",
+                f"{config['target']} test",
+            ),
+            "Target-test confusion matrix (final number only)",
+        )
+    )
+    rng = np.random.default_rng(0)
+    pick = lambda split, k: split.images[torch.as_tensor(rng.choice(len(split), k, replace=False))]  # noqa: E731
+    figures.append(
+        (
+            _grid(
+                [
+                    (config["source"], pick(pair.source_train, 10)),
+                    (config["target"], pick(pair.target_train, 10)),
+                ],
+                out / "samples.png",
+            ),
+            "Sample training images of each domain (as the network sees them, before mean subtraction)",
+        )
+    )
+    # t-SNE before/after, on test images of both domains (the paper uses test sets too).
+    source_split = pair.source_test or pair.source_train
+    s_index = torch.as_tensor(rng.choice(len(source_split), min(samples, len(source_split)), replace=False))
+    t_index = torch.as_tensor(
+        rng.choice(len(pair.target_test), min(samples, len(pair.target_test)), replace=False)
+    )
+    images = torch.cat([source_split.images[s_index], pair.target_test.images[t_index]])
+    domain = np.r_[np.zeros(len(s_index), dtype=int), np.ones(len(t_index), dtype=int)]
+    names = {0: f"source ({config['source']})", 1: f"target ({config['target']})"}
+    if before is None:
+        sibling = run.parent.parent / "source_only" / run.name
+        before = sibling if (sibling / "model.safetensors").is_file() and sibling != run else None
+    if before is not None:
+        before_config = json.loads((before / "config.json").read_text())
+        before_net = _adapt_network(before, before_config, classes)
+        before_label = f"before: {before_config.get('method', 'run')} ({before.name})"
+    else:
+        before_net = _adapt_network(run, config, classes, trained=False)
+        before_label = "before: the untrained network"
+    f_before, _ = _features_and_predictions(before_net, images, pair)
+    f_after, _ = _features_and_predictions(network, images, pair)
+    gap_before = proxy_a_distance(f_before[domain == 0], f_before[domain == 1], samples=samples)
+    gap_after = proxy_a_distance(f_after[domain == 0], f_after[domain == 1], samples=samples)
+    figures.append(
+        (
+            _tsne(
+                [
+                    (
+                        f"{before_label}\nproxy A-distance {gap_before.proxy_a_distance:.2f}",
+                        f_before,
+                        domain,
+                        names,
+                    ),
+                    (
+                        f"after: {config['method']}\nproxy A-distance {gap_after.proxy_a_distance:.2f}",
+                        f_after,
+                        domain,
+                        names,
+                    ),
+                ],
+                out / "tsne.png",
+            ),
+            "t-SNE of the feature extractor's output for source and target test images",
+        )
+    )
+    summary = {
+        k: metrics.get(k)
+        for k in (
+            "method",
+            "source",
+            "target",
+            "seed",
+            "target_test_accuracy",
+            "source_test_accuracy",
+            "selected_by",
+            "oracle",
+            "wall_seconds",
+            "images_per_second",
+            "peak_memory_mb",
+            "device",
+        )
+    }
+    summary["features_before"] = before_label.removeprefix("before: ")
+    summary["features_proxy_a_distance_before"] = gap_before.proxy_a_distance
+    summary["features_proxy_a_distance_after"] = gap_after.proxy_a_distance
+    if config.get("method") == "sa":
+        notes.append(
+            "SA classifies with a subspace alignment fitted on top of these features; the figures "
+            "show the underlying source-only network."
+        )
+    title = f"{config['method']}: {config['source']} → {config['target']} (seed {config.get('seed', 0)})"
+    return title, summary, figures, notes
+
+
+# ---------------------------------------------------------------- pretrained runs
+
+
+def _recipe_report(
+    run: Path, out: Path, config: dict[str, Any], samples: int, data_root: str | None
+) -> tuple[str, dict, list, list]:
+    from transferkit.data.images import ImageSet, stack_images
+    from transferkit.pretrained import imaging
+    from transferkit.pretrained.classifier import OnlineInputs, evaluate, load_model
+    from transferkit.pretrained.recipes import load_splits
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    model = load_model(run)
+    spec = model.backbone.spec
+    figures = []
+    if history:
+        figures.append(
+            (
+                _curves(
+                    history,
+                    [
+                        ("train_loss", "training loss"),
+                        ("val_loss", "validation loss"),
+                        ("train_accuracy", "training accuracy"),
+                        ("val_accuracy", "validation accuracy"),
+                    ],
+                    out / "curves.png",
+                ),
+                "Learning curves per stage",
+            )
+        )
+    splits = load_splits(config["data"], data_root)
+    evaluated = splits.test if splits.test is not None else splits.val
+    images = imaging.prepare(evaluated, spec.input_size, False, spec.crop_fraction)
+    labels = torch.as_tensor(np.array(evaluated.labels))
+    inputs = OnlineInputs(images, model.backbone, 0, spec.input_size, torch.device("cpu"), None)
+    _, _, probabilities = evaluate(model, 0, inputs, labels)
+    predicted = probabilities.argmax(1).numpy()
+    name = "test" if splits.test is not None else "validation"
+    figures.append(
+        (
+            _confusion(labels.numpy(), predicted, model.classes, out / "confusion.png", f"{name} split"),
+            f"Confusion matrix on the {name} split",
+        )
+    )
+    train_labels = np.asarray(splits.train.labels)
+    rows = []
+    for c, class_name in enumerate(model.classes[:10]):
+        index = np.flatnonzero(train_labels == c)[:8]
+        subset = ImageSet(
+            stack_images([np.asarray(splits.train.images[i]) for i in index]),
+            train_labels[index],
+            model.classes,
+        )
+        rows.append((class_name, imaging.prepare(subset, 96, False, 1.0)))
+    figures.append((_grid(rows, out / "samples.png"), "Sample training images per class"))
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(labels), min(samples, len(labels)), replace=False)
+    with torch.inference_mode():
+        features = torch.cat(
+            [
+                model.backbone(inputs.batch(torch.as_tensor(pick[i : i + 64]), 0))
+                for i in range(0, len(pick), 64)
+            ]
+        ).numpy()
+    figures.append(
+        (
+            _tsne(
+                [
+                    (
+                        f"{spec.name} features after training",
+                        features,
+                        labels.numpy()[pick],
+                        dict(enumerate(model.classes)),
+                    )
+                ],
+                out / "tsne.png",
+            ),
+            f"t-SNE of the backbone's features for {len(pick)} {name} images",
+        )
+    )
+    summary = {
+        k: metrics.get(k)
+        for k in (
+            "recipe",
+            "data",
+            "backbone",
+            "weights",
+            "train_size",
+            "val_accuracy",
+            "test_accuracy",
+            "selected_by",
+            "wall_seconds",
+            "device",
+        )
+    }
+    title = f"{metrics['recipe']}: {metrics['backbone']} on {metrics['data']} (seed {metrics['seed']})"
+    return title, summary, figures, []
+
+
+def report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    before: str | Path | None = None,
+    samples: int = 500,
+    data_root: str | None = None,
+) -> Path:
+    """Write ``OUT/report.html`` (default OUT = RUN_DIR/report) and return its path."""
+    run = Path(run_dir)
+    config_path = run / "config.json"
+    if not (run / "metrics.json").is_file() or not config_path.is_file():
+        raise TransferkitError(f"{run}: not a finished run folder (expected config.json and metrics.json)")
+    config = json.loads(config_path.read_text())
+    target = Path(out) if out is not None else run / "report"
+    target.mkdir(parents=True, exist_ok=True)
+    if "method" in config:
+        title, summary, figures, notes = _adapt_report(
+            run, target, config, Path(before) if before else None, samples, data_root
+        )
+    elif "recipe" in config:
+        title, summary, figures, notes = _recipe_report(run, target, config, samples, data_root)
+    else:
+        raise TransferkitError(f"{config_path}: neither an adapt run nor an extract/finetune/scratch run")
+    page = target / "report.html"
+    page.write_text(_page(title, summary, config, figures, notes))
+    (target / "summary.json").write_text(json.dumps(summary, indent=2))
+    return page

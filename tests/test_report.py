@@ -1,0 +1,100 @@
+"""``transferkit report``: a self-contained HTML page for adaptation and pretrained runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from fakes import write_digit_pair, write_two_class_data
+
+from transferkit.cli import main
+
+
+def _images(page: str) -> list[str]:
+    return re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+
+
+def test_report_of_an_adaptation_run_with_its_source_only_sibling(tmp_path, capsys):
+    root = write_digit_pair(tmp_path / "data")
+    runs = tmp_path / "runs" / "mnist-mnist_m"
+    for method in ("source_only", "dann"):
+        assert (
+            main(
+                [
+                    "adapt",
+                    "--method",
+                    method,
+                    "--source",
+                    "mnist",
+                    "--target",
+                    "mnist_m",
+                    "--epochs",
+                    "2",
+                    "--steps-per-epoch",
+                    "2",
+                    "--device",
+                    "cpu",
+                    "--quiet",
+                    "--data-root",
+                    str(root),
+                    "--out",
+                    str(runs / method / "seed0"),
+                ]
+            )
+            == 0
+        )
+    capsys.readouterr()
+    assert main(["report", str(runs / "dann" / "seed0"), "--samples", "30", "--data-root", str(root)]) == 0
+    folder = runs / "dann" / "seed0" / "report"
+    page = (folder / "report.html").read_text()
+    assert len(_images(page)) == 4  # curves, confusion, samples, t-SNE — embedded, no server needed
+    assert "http://" not in page and "https://" not in page
+    for name in ("curves.png", "confusion.png", "samples.png", "tsne.png"):
+        assert (folder / name).stat().st_size > 1000
+    summary = json.loads((folder / "summary.json").read_text())
+    assert 0 <= summary["features_proxy_a_distance_before"] <= 2
+    assert 0 <= summary["features_proxy_a_distance_after"] <= 2
+    assert summary["features_before"] == "source_only (seed0)"
+
+
+def test_report_of_a_finetune_run(tmp_path, capsys):
+    photos = write_two_class_data(tmp_path / "photos", {"train": 16, "val": 8, "test": 40})
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "finetune",
+                "--data",
+                f"folder:{photos}",
+                "--backbone",
+                "small_convnet",
+                "--weights",
+                "random",
+                "--image-size",
+                "48",
+                "--epochs",
+                "2",
+                "--finetune-epochs",
+                "1",
+                "--views",
+                "1",
+                "--unfreeze",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["report", str(out), "--samples", "40"]) == 0
+    page = (out / "report" / "report.html").read_text()
+    assert len(_images(page)) == 4
+    assert "test_accuracy" in page
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a finished run folder" in capsys.readouterr().err
