@@ -129,3 +129,61 @@ def test_advise_bad_target_is_a_clear_error(tmp_path, capsys):
     code = main(["advise", "--target", f"folder:{tmp_path}/none", "--quiet"])
     assert code == 2
     assert "none" in capsys.readouterr().err
+
+
+def test_advise_benchmark_on_small_generated_digits(tmp_path):
+    """The whole measurement on fakes: the runs of a tiny ganin2016 benchmark as candidates."""
+    from fakes import write_digit_pair
+
+    from transferkit.advise.benchmark import render, run_benchmark
+
+    root = write_digit_pair(tmp_path / "data", n_train=160, n_test=40)
+    runs = tmp_path / "ganin"
+    for method in ("source_only", "dann"):
+        assert (
+            main(
+                [
+                    "adapt",
+                    "--method",
+                    method,
+                    "--source",
+                    "mnist",
+                    "--target",
+                    "mnist_m",
+                    "--epochs",
+                    "1",
+                    "--steps-per-epoch",
+                    "2",
+                    "--device",
+                    "cpu",
+                    "--quiet",
+                    "--data-root",
+                    str(root),
+                    "--out",
+                    str(runs / "mnist-mnist_m" / method / "seed0"),
+                ]
+            )
+            == 0
+        )
+    results = run_benchmark(
+        tmp_path / "out",
+        runs,
+        seeds=1,
+        samples=30,
+        device="cpu",
+        data_root=str(root),
+        progress=False,
+        labelled=20,
+    )
+    pixels = {row["pair"]: row for row in results["pixel_gaps"]}
+    assert "missing" in pixels["mnist → gtsrb"]  # no GTSRB in the fake root: said, not dropped
+    assert 0 <= pixels["mnist → mnist_m"]["mean"] <= 2
+    assert [row["space"] for row in results["feature_gaps"]] == [
+        "features of the source-only network",
+        "features of the DANN network",
+    ]
+    rows = results["transferability"]["rows"]
+    assert len(rows) == 5 and all(0 <= r["finetune"]["mean"] <= 1 for r in rows)
+    assert set(results["transferability"]["rank_correlation"]) == {"logme", "h_score", "leep"}
+    table = render(results)
+    assert "data missing" in table and "Spearman" in table

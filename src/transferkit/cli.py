@@ -113,6 +113,15 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     if args.protocol == "cats_vs_dogs":
         return _benchmark_cats_vs_dogs(args)
+    if args.protocol == "advise":
+        from transferkit.advise.benchmark import run_benchmark
+
+        out = Path(args.out or "runs/advise")
+        run_benchmark(out, args.runs, seeds=args.seeds, device=args.device, data_root=args.data_root,
+                      progress=not args.quiet)
+        print((out / "table.md").read_text())
+        print(f"results: {out / 'results.json'}, {out / 'table.md'}")
+        return 0
     protocol = PROTOCOLS[args.protocol]
     by_key = {p.key: p for p in protocol.pairs}
     pair_keys = _parse_list(args.pairs, list(by_key), "pairs") or list(by_key)
@@ -136,7 +145,8 @@ def _recipe(args: argparse.Namespace) -> int:
     fields = {"recipe": recipe, "data": args.data, "backbone": args.backbone, "weights": args.weights,
               "image_size": args.image_size, "head": args.head, "epochs": args.epochs,
               "learning_rate": args.lr, "batch_size": args.batch_size, "patience": args.patience,
-              "train_size": args.train_size, "seed": args.seed, "device": args.device}
+              "train_size": args.train_size, "seed": args.seed, "device": args.device,
+              "flip": not args.no_flip}
     if recipe == "finetune":
         fields.update(views=args.views, unfreeze=args.unfreeze, finetune_epochs=args.finetune_epochs,
                       finetune_learning_rate=args.finetune_lr)
@@ -241,6 +251,8 @@ def _add_recipe(commands, name: str, help_text: str, description: str) -> argpar
         parser.add_argument("--finetune-lr", type=float, default=1e-4,
                             help="stage 2 learning rate (%(default)s)")
     parser.add_argument("--train-size", type=int, help="train on a class-balanced subset of this size")
+    parser.add_argument("--no-flip", action="store_true",
+                        help="no horizontal flips in augmentation (digits, text, road signs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/RECIPE-DATA-seedK)")
@@ -403,11 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every method x pair x seed of a protocol whose data is present and "
                     "write OUT/results.json and OUT/table.md beside the paper's numbers. "
                     "Finished runs are kept: an interrupted benchmark resumes.")
-    bench.add_argument("protocol", choices=[*PROTOCOLS, "cats_vs_dogs"],
-                       help="ganin2016 (DANN table) or cats_vs_dogs (scratch / extract / fine-tune and "
-                            "the data-efficiency curve)")
+    bench.add_argument("protocol", choices=[*PROTOCOLS, "cats_vs_dogs", "advise"],
+                       help="ganin2016 (DANN table); cats_vs_dogs (scratch / extract / fine-tune and "
+                            "the data-efficiency curve); advise (domain gaps; transferability scores "
+                            "against fine-tuning)")
     bench.add_argument("--sizes",
                        help="cats_vs_dogs: training-set sizes (default 20,50,100,200,500,1000,2000)")
+    bench.add_argument("--runs", default="runs/ganin2016", metavar="DIR",
+                       help="advise: the ganin2016 benchmark folder whose MNIST → MNIST-M networks are "
+                            "candidates (default %(default)s)")
     bench.add_argument("--curve-seeds", type=int,
                        help="cats_vs_dogs: seeds for sizes below the full set (default: --seeds)")
     bench.add_argument("--pairs", help="comma-separated SOURCE:TARGET (default: all)")

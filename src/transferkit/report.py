@@ -179,7 +179,7 @@ def _fmt(value: Any) -> str:
 # ---------------------------------------------------------------- domain-adaptation runs
 
 
-def _adapt_network(run: Path, config: dict[str, Any], classes: int, trained: bool = True):
+def adapt_network(run: Path, config: dict[str, Any], classes: int, trained: bool = True):
     from safetensors.torch import load_file
 
     from transferkit.models.digit_networks import DigitNetwork
@@ -193,7 +193,7 @@ def _adapt_network(run: Path, config: dict[str, Any], classes: int, trained: boo
 
 
 @torch.inference_mode()
-def _features_and_predictions(network: Any, images: torch.Tensor, pair: Any) -> tuple[np.ndarray, np.ndarray]:
+def features_and_predictions(network: Any, images: torch.Tensor, pair: Any) -> tuple[np.ndarray, np.ndarray]:
     features, predictions = [], []
     for start in range(0, len(images), 512):
         x = pair.normalize(images[start : start + 512])
@@ -219,7 +219,7 @@ def _adapt_report(
         binarize_source=config.get("binarize_source", False),
     )
     classes = len(pair.classes)
-    network = _adapt_network(run, config, classes)
+    network = adapt_network(run, config, classes)
     figures, notes = [], []
     if history:
         figures.append(
@@ -237,7 +237,7 @@ def _adapt_report(
                 "Learning curves (one point per epoch)",
             )
         )
-    _, predicted = _features_and_predictions(network, pair.target_test.images, pair)
+    _, predicted = features_and_predictions(network, pair.target_test.images, pair)
     figures.append(
         (
             _confusion(
@@ -278,13 +278,13 @@ def _adapt_report(
         before = sibling if (sibling / "model.safetensors").is_file() and sibling != run else None
     if before is not None:
         before_config = json.loads((before / "config.json").read_text())
-        before_net = _adapt_network(before, before_config, classes)
+        before_net = adapt_network(before, before_config, classes)
         before_label = f"before: {before_config.get('method', 'run')} ({before.name})"
     else:
-        before_net = _adapt_network(run, config, classes, trained=False)
+        before_net = adapt_network(run, config, classes, trained=False)
         before_label = "before: the untrained network"
-    f_before, _ = _features_and_predictions(before_net, images, pair)
-    f_after, _ = _features_and_predictions(network, images, pair)
+    f_before, _ = features_and_predictions(before_net, images, pair)
+    f_after, _ = features_and_predictions(network, images, pair)
     gap_before = proxy_a_distance(f_before[domain == 0], f_before[domain == 1], samples=samples)
     gap_after = proxy_a_distance(f_after[domain == 0], f_after[domain == 1], samples=samples)
     figures.append(

@@ -56,6 +56,7 @@ def compute(
     batch_size: int = 64,
     generator: torch.Generator | None = None,
     progress: str | None = None,
+    flip: bool = True,
 ) -> torch.Tensor:
     """Outputs of ``stages[:stop]`` for uint8 images (augmented when a generator is given),
     as float16 on the CPU."""
@@ -70,7 +71,9 @@ def compute(
     for start in starts:
         batch = images[start : start + batch_size]
         batch = (
-            imaging.augment(batch, size, generator) if generator is not None else imaging.centre(batch, size)
+            imaging.augment(batch, size, generator, flip)
+            if generator is not None
+            else imaging.centre(batch, size)
         )
         x = imaging.normalise(batch.to(device), spec.mean, spec.std).contiguous(
             memory_format=torch.channels_last
@@ -89,6 +92,7 @@ def cached_views(
     seed: int,
     progress: bool = True,
     label: str = "",
+    flip: bool = True,
 ) -> list[torch.Tensor]:
     """``views`` augmented passes (``views=1`` and ``seed<0``: the centre crop) of the prefix,
     from the disk cache when the same backbone, pixels and crops were computed before."""
@@ -107,6 +111,7 @@ def cached_views(
             "stop": stop,
             "stages": backbone.stage_names[:stop],
             "augment": augmented,
+            **({} if flip else {"flip": False}),
             "seed": seed,
             "view": view,
             "crop": [backbone.spec.crop_fraction, imaging.SCALE, imaging.RATIO],
@@ -120,7 +125,14 @@ def cached_views(
             generator = torch.Generator().manual_seed(seed * 1000 + view)
         desc = f"{label} {'view ' + str(view + 1) + '/' + str(views) if augmented else 'centre crop'}"
         result = compute(
-            backbone, images, stop, size, device, generator=generator, progress=desc if progress else None
+            backbone,
+            images,
+            stop,
+            size,
+            device,
+            generator=generator,
+            progress=desc if progress else None,
+            flip=flip,
         )
         if cacheable:
             _save_atomic(path, result.numpy())

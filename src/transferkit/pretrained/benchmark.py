@@ -277,10 +277,7 @@ def render(results: dict[str, Any]) -> str:
         "|---" * (len(sizes) + 1) + "|",
     ]
     for name in recipes:
-        cells = [
-            _cell(by[(name, s)]) if (name, s) in by else "–"
-            for s in sizes
-        ]
+        cells = [_cell(by[(name, s)]) if (name, s) in by else "–" for s in sizes]
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     speed = results.get("speed")
     if speed:

@@ -78,9 +78,10 @@ class OnlineInputs:
         size: int,
         device: torch.device,
         generator: torch.Generator | None,
+        flip: bool = True,
     ) -> None:
         self.images, self.backbone, self.split, self.size = images, backbone, split, size
-        self.device, self.generator = device, generator
+        self.device, self.generator, self.flip = device, generator, flip
 
     def __len__(self) -> int:
         return len(self.images)
@@ -88,7 +89,7 @@ class OnlineInputs:
     def batch(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
         batch = self.images[index]
         batch = (
-            imaging.augment(batch, self.size, self.generator)
+            imaging.augment(batch, self.size, self.generator, self.flip)
             if self.generator is not None
             else imaging.centre(batch, self.size)
         )

@@ -66,8 +66,9 @@ def centre(images: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(images, [size, size])
 
 
-def augment(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Random resized crop + horizontal flip of each uint8 image in a batch."""
+def augment(images: torch.Tensor, size: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random resized crop (+ horizontal flip unless ``flip`` is False: digits, text) of each
+    uint8 image in a batch."""
     n, _, height, width = images.shape
     out = torch.empty(n, 3, size, size, dtype=torch.uint8, device=images.device)
     draws = torch.rand(n, 5, generator=generator).tolist()
@@ -80,5 +81,5 @@ def augment(images: torch.Tensor, size: int, generator: torch.Generator) -> torc
         top = int((height - h) * u_top)
         left = int((width - w) * u_left)
         crop = TF.resized_crop(images[i], top, left, h, w, [size, size], antialias=True)
-        out[i] = TF.horizontal_flip(crop) if u_flip < 0.5 else crop
+        out[i] = TF.horizontal_flip(crop) if flip and u_flip < 0.5 else crop
     return out

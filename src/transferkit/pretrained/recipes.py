@@ -58,6 +58,7 @@ class RecipeConfig:
     batch_size: int = 32
     patience: int = 6
     train_size: int | None = None  # a class-balanced subset of the training split
+    flip: bool = True  # horizontal flips in augmentation (off for digits, text)
     seed: int = 0
     device: str = "auto"
 
@@ -172,7 +173,7 @@ def run(
     weights = config.weights
     if config.recipe == "scratch" and weights == "imagenet":
         weights = "random"
-    backbone = build_backbone(config.backbone, weights, config.image_size).to(device)
+    backbone = build_backbone(config.backbone, weights, config.image_size, data_root).to(device)
     size = backbone.spec.input_size
     _check_input_size(backbone, size, device)
     splits = splits or load_splits(config.data, data_root)
@@ -210,7 +211,7 @@ def run(
         images = prepared[name] if name != "train" else prepared["train"][subset]
         if split == 0 or (augment and config.views == 0):
             gen = torch.Generator().manual_seed(config.seed + 1) if augment else None
-            return OnlineInputs(images, backbone, split, size, device, gen)
+            return OnlineInputs(images, backbone, split, size, device, gen, config.flip)
         if name == "train":  # cache the whole training split; subsets index into it
             whole = prepared["train"]
             t = time.perf_counter()
@@ -224,6 +225,7 @@ def run(
                 config.seed if augment else -1,
                 progress,
                 f"{name} ⟶ {backbone.stage_names[split - 1]}",
+                flip=config.flip,
             )
             timings[f"prefix_{name}_{'aug' if augment else 'centre'}_seconds"] = time.perf_counter() - t
             return CachedInputs([v[subset] for v in views], device)
