@@ -187,6 +187,15 @@ def test_augment_is_seeded_and_changes_images():
     assert torch.equal(imaging.centre(images, 32), images[:, :, 4:36, 4:36])
 
 
+def test_augment_without_flips_keeps_left_and_right():
+    images = torch.zeros(16, 3, 40, 40, dtype=torch.uint8)
+    images[:, :, :, 20:] = 255  # dark left half, bright right half
+    kept = imaging.augment(images, 32, torch.Generator().manual_seed(0), flip=False).float()
+    assert (kept[:, :, :, :4].mean(dim=(1, 2, 3)) <= kept[:, :, :, -4:].mean(dim=(1, 2, 3))).all()
+    flipped = imaging.augment(images, 32, torch.Generator().manual_seed(0), flip=True).float()
+    assert (flipped[:, :, :, :4].mean(dim=(1, 2, 3)) > flipped[:, :, :, -4:].mean(dim=(1, 2, 3))).any()
+
+
 def test_balanced_subset():
     labels = np.array([0] * 50 + [1] * 30)
     chosen = balanced_subset(labels, 21, seed=3)

@@ -207,17 +207,11 @@ def _adapt_report(
     run: Path, out: Path, config: dict[str, Any], before: Path | None, samples: int, data_root: str | None
 ) -> tuple[str, dict, list, list]:
     from transferkit.advise.scores import proxy_a_distance
-    from transferkit.data.pairs import load_pair
+    from transferkit.data.pairs import pair_of_run
 
     metrics = json.loads((run / "metrics.json").read_text())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    pair = load_pair(
-        config["source"],
-        config["target"],
-        size=config["image_size"],
-        data_root=data_root,
-        binarize_source=config.get("binarize_source", False),
-    )
+    pair = pair_of_run(config, data_root)
     classes = len(pair.classes)
     network = adapt_network(run, config, classes)
     figures, notes = [], []

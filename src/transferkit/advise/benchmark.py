@@ -65,7 +65,7 @@ def pixel_gaps(seeds: int, samples: int, data_root: str | None) -> list[dict[str
 
 
 def feature_gaps(runs: Path, seeds: int, samples: int, data_root: str | None) -> list[dict[str, Any]]:
-    from transferkit.data.pairs import load_pair
+    from transferkit.data.pairs import pair_of_run
     from transferkit.report import adapt_network, features_and_predictions
 
     folder = runs / "mnist-mnist_m"
@@ -78,13 +78,7 @@ def feature_gaps(runs: Path, seeds: int, samples: int, data_root: str | None) ->
         configs = {m: json.loads((r / "config.json").read_text()) for m, r in runs_for_seed.items()}
         if pair is None:
             c = configs["dann"]
-            pair = load_pair(
-                c["source"],
-                c["target"],
-                size=c["image_size"],
-                data_root=data_root,
-                binarize_source=c.get("binarize_source", False),
-            )
+            pair = pair_of_run(c, data_root)
         rng = np.random.default_rng(seed)
         s_index = torch.as_tensor(rng.choice(len(pair.source_test), samples, replace=False))
         t_index = torch.as_tensor(rng.choice(len(pair.target_test), samples, replace=False))

@@ -147,3 +147,9 @@ def load_pair(
         target_train=splits[("target", "train")], target_test=splits[("target", "test")],
         mean=mean,
     )
+
+
+def pair_of_run(config: dict, data_root: str | os.PathLike[str] | None = None) -> DomainPair:
+    """The domain pair a ``transferkit adapt`` run was trained on, from its ``config.json``."""
+    return load_pair(config["source"], config["target"], size=config["image_size"], data_root=data_root,
+                     binarize_source=config.get("binarize_source", False))

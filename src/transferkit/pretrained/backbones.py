@@ -324,15 +324,9 @@ def _digit_run(path: str, weights: str, data_root: str | None = None):
     network = DigitNetwork(config["network"], state[last].shape[0], config["image_size"])
     if weights != "random":
         network.load_state_dict(state)
-    from transferkit.data.pairs import load_pair
+    from transferkit.data.pairs import pair_of_run
 
-    pair = load_pair(
-        config["source"],
-        config["target"],
-        size=config["image_size"],
-        data_root=data_root,
-        binarize_source=config.get("binarize_source", False),
-    )
+    pair = pair_of_run(config, data_root)
     mean = tuple(float(m) for m in pair.mean)
     stages, current, block = [], [], 1
     for layer in network.features:

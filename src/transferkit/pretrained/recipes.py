@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -246,131 +246,61 @@ def run(
 
     stages = []
     y_train = labels["train"][subset]
+
+    def train(split: int, train_in: Any, val_in: Any, stage: StageConfig) -> None:
+        stages.append(
+            train_stage(
+                model,
+                split,
+                train_in,
+                y_train,
+                val_in,
+                labels["val"],
+                stage,
+                generator,
+                device,
+                log,
+                progress,
+            )
+        )
+
     head_config = StageConfig(
         "head", config.epochs, config.learning_rate, patience=config.patience, batch_size=config.batch_size
     )
     if config.recipe == "scratch":
         split = 0
-        scratch_config = StageConfig(
-            "scratch",
-            config.epochs,
-            config.learning_rate,
-            patience=config.patience,
-            batch_size=config.batch_size,
-        )
-        stages.append(
-            train_stage(
-                model,
-                split,
-                inputs("train", 0, True),
-                y_train,
-                inputs("val", 0, False),
-                labels["val"],
-                scratch_config,
-                generator,
-                device,
-                log,
-                progress,
-            )
-        )
+        train(split, inputs("train", 0, True), inputs("val", 0, False), replace(head_config, name="scratch"))
     elif config.recipe == "extract":
         split = n_stages
-        stages.append(
-            train_stage(
-                model,
-                split,
-                inputs("train", split, False),
-                y_train,
-                inputs("val", split, False),
-                labels["val"],
-                head_config,
-                generator,
-                device,
-                log,
-                progress,
-            )
-        )
+        train(split, inputs("train", split, False), inputs("val", split, False), head_config)
     else:
-        # The prefix up to the first unfrozen stage is computed once; stage 1's features are
-        # the frozen suffix applied to those same cached views.
         split = backbone.split_index(config.unfreeze)
         train_in, val_in = inputs("train", split, True), inputs("val", split, False)
-        if split < n_stages and isinstance(train_in, CachedInputs):
-            head_train = CachedInputs(
-                activations.extend(backbone, train_in.views, split, n_stages, device), device
-            )
-            head_val = CachedInputs(
-                activations.extend(backbone, val_in.views, split, n_stages, device), device
-            )
-            stages.append(
-                train_stage(
-                    model,
-                    n_stages,
-                    head_train,
-                    y_train,
-                    head_val,
-                    labels["val"],
-                    head_config,
-                    generator,
-                    device,
-                    log,
-                    progress,
-                )
-            )
-        elif split < n_stages:
-            stages.append(
-                train_stage(
-                    model,
-                    n_stages,
-                    inputs("train", n_stages, True),
-                    y_train,
-                    inputs("val", n_stages, False),
-                    labels["val"],
-                    head_config,
-                    generator,
-                    device,
-                    log,
-                    progress,
-                )
+        if split == n_stages:  # --unfreeze 0: the head alone, on augmented views
+            train(split, train_in, val_in, head_config)
+        elif isinstance(train_in, CachedInputs):
+            # The prefix up to the first unfrozen stage is computed once; stage 1's features
+            # are the frozen suffix applied to those same cached views.
+            train(
+                n_stages,
+                CachedInputs(activations.extend(backbone, train_in.views, split, n_stages, device), device),
+                CachedInputs(activations.extend(backbone, val_in.views, split, n_stages, device), device),
+                head_config,
             )
         else:
-            stages.append(
-                train_stage(
-                    model,
-                    split,
-                    train_in,
-                    y_train,
-                    val_in,
-                    labels["val"],
-                    head_config,
-                    generator,
-                    device,
-                    log,
-                    progress,
-                )
-            )
+            train(n_stages, inputs("train", n_stages, True), inputs("val", n_stages, False), head_config)
         if split < n_stages:
-            stage_two = StageConfig(
-                "finetune",
-                config.finetune_epochs,
-                config.finetune_learning_rate,
-                patience=config.patience,
-                batch_size=config.batch_size,
-            )
-            stages.append(
-                train_stage(
-                    model,
-                    split,
-                    train_in,
-                    y_train,
-                    val_in,
-                    labels["val"],
-                    stage_two,
-                    generator,
-                    device,
-                    log,
-                    progress,
-                )
+            train(
+                split,
+                train_in,
+                val_in,
+                StageConfig(
+                    "finetune",
+                    config.finetune_epochs,
+                    config.finetune_learning_rate,
+                    patience=config.patience,
+                    batch_size=config.batch_size,
+                ),
             )
     result: dict[str, Any] = {
         "recipe": config.recipe,
