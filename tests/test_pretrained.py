@@ -387,3 +387,40 @@ def test_cli_unknown_head_is_refused_by_the_parser(capsys):
         main(["extract", "--head", "svm"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sizes", "20,many"], "--sizes 20,many"),
+        (["--methods", "extract,magic"], "--methods extract,magic"),
+        (["--pairs", "mnist:mnist_m"], "--pairs and --epochs"),
+    ],
+)
+def test_cats_vs_dogs_benchmark_arguments_are_checked(args, message, capsys):
+    assert main(["benchmark", "cats_vs_dogs", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_benchmark_table_and_curve_from_results(tmp_path):
+    from transferkit.pretrained.benchmark import plot_curve, render
+
+    rows = [
+        {
+            "recipe": r,
+            "train_size": n,
+            "seeds": 3 if n == 2000 else 1,
+            "mean": m,
+            "std": 0.01,
+            "config": {"backbone": "b", "weights": "w", "input_size": 64},
+            "reference": "ref" if n == 2000 else None,
+        }
+        for r, m in (("scratch", 0.7), ("finetune", 0.99))
+        for n in (20, 2000)
+    ]
+    results = {"machine": "test machine", "rows": rows, "speed": None}
+    table = render(results)
+    assert "| fine-tuning | 0.990 ± 0.010 (1) | 0.990 ± 0.010 |" in table
+    assert "test machine" in table
+    plot_curve(results, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 5000
