@@ -424,3 +424,13 @@ def test_benchmark_table_and_curve_from_results(tmp_path):
     assert "test machine" in table
     plot_curve(results, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 5000
+
+
+def test_views_zero_recomputes_instead_of_caching(photos, tmp_path, monkeypatch):
+    def no_cache(*_args, **_kwargs):
+        raise AssertionError("views=0 must not cache activations")
+
+    monkeypatch.setattr(activations, "cached_views", no_cache)
+    for recipe in ("extract", "finetune"):
+        result = run(_config(photos, recipe=recipe, views=0, unfreeze="1"), tmp_path / recipe, progress=False)
+        assert 0.0 <= result["test_accuracy"] <= 1.0

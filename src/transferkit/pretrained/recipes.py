@@ -209,7 +209,7 @@ def run(
 
     def inputs(name: str, split: int, augment: bool) -> CachedInputs | OnlineInputs:
         images = prepared[name] if name != "train" else prepared["train"][subset]
-        if split == 0 or (augment and config.views == 0):
+        if split == 0 or config.views == 0:  # nothing to cache, or caching switched off
             gen = torch.Generator().manual_seed(config.seed + 1) if augment else None
             return OnlineInputs(images, backbone, split, size, device, gen, config.flip)
         if name == "train":  # cache the whole training split; subsets index into it
