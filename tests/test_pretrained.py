@@ -420,7 +420,7 @@ def test_benchmark_table_and_curve_from_results(tmp_path):
     ]
     results = {"machine": "test machine", "rows": rows, "speed": None}
     table = render(results)
-    assert "| fine-tuning | 0.990 ± 0.010 (1) | 0.990 ± 0.010 |" in table
+    assert "| fine-tuning | 0.990 (1 seed) | 0.990 ± 0.010 |" in table
     assert "test machine" in table
     plot_curve(results, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 5000

@@ -241,7 +241,9 @@ def run_benchmark(
 
 def _cell(row: dict[str, Any]) -> str:
     seeds = row.get("seeds", 3)
-    return f"{row['mean']:.3f} ± {row['std']:.3f}" + (f" ({seeds})" if seeds != 3 else "")
+    if seeds == 1:
+        return f"{row['mean']:.3f} (1 seed)"
+    return f"{row['mean']:.3f} ± {row['std']:.3f}" + (f" ({seeds} seeds)" if seeds != 3 else "")
 
 
 def render(results: dict[str, Any]) -> str:
