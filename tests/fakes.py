@@ -36,12 +36,11 @@ def write_idx(directory: Path, prefix: str, images: np.ndarray, labels: np.ndarr
         out.write(struct.pack(">BBBBI", 0, 0, 8, 1, n) + labels.astype(np.uint8).tobytes())
 
 
-def write_image_zip(path: Path, images: np.ndarray, labels, extra: dict | None = None,
-                    csv_rows: list[str] | None = None) -> None:
+def write_image_zip(
+    path: Path, images: np.ndarray, labels, extra: dict | None = None, csv_rows: list[str] | None = None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = csv_rows if csv_rows is not None else [
-        f"{i:08d}.webp,{label}" for i, label in enumerate(labels)
-    ]
+    rows = csv_rows if csv_rows is not None else [f"{i:08d}.webp,{label}" for i, label in enumerate(labels)]
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
         for i, image in enumerate(images):
             archive.writestr(f"{i:08d}.webp", encode(image, "WEBP"))
@@ -83,8 +82,10 @@ def write_gtsrb_train_zip(path: Path, images: np.ndarray, labels: np.ndarray) ->
             folder = f"GTSRB/Training/{label:05d}"
             archive.writestr(f"{folder}/00000_{i:05d}.ppm", encode(image, "PPM"))
         for label in sorted(set(labels.tolist())):
-            archive.writestr(f"GTSRB/Training/{label:05d}/GT-{label:05d}.csv",
-                             "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n")
+            archive.writestr(
+                f"GTSRB/Training/{label:05d}/GT-{label:05d}.csv",
+                "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n",
+            )
 
 
 def write_gtsrb_test_zips(directory: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -111,10 +112,7 @@ def write_mnist_m_release(directory: Path, split: str, images: np.ndarray, label
 
 def write_manifest(root: Path, files: list[Path]) -> None:
     """A SHA256SUMS at ``root`` listing ``files`` by their path from it, as the mirror does."""
-    lines = [
-        f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(root).as_posix()}"
-        for f in files
-    ]
+    lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(root).as_posix()}" for f in files]
     (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
 
 
@@ -165,3 +163,21 @@ def write_two_class_data(root: Path, sizes: dict[str, int] | None = None, side: 
             path = root / split / ("cats", "dogs")[label] / f"{split}{i:03d}.jpg"
             path.write_bytes(encode(image, "JPEG"))
     return root
+
+
+def write_tiny_adapt_runs(data_root: Path, folder: Path, epochs: int = 1) -> Path:
+    """``folder/source_only/seed0`` and ``folder/dann/seed0``: two tiny mnist → mnist_m runs,
+    laid out as ``transferkit benchmark ganin2016`` lays them out; returns ``folder``."""
+    from transferkit import DomainAdapter
+
+    for method in ("source_only", "dann"):
+        DomainAdapter(
+            method=method,
+            epochs=epochs,
+            steps_per_epoch=2,
+            device="cpu",
+            run_dir=folder / method / "seed0",
+            data_root=data_root,
+            progress=False,
+        ).fit("mnist", "mnist_m")
+    return folder

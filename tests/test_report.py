@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from fakes import write_digit_pair, write_two_class_data
+from fakes import write_digit_pair, write_tiny_adapt_runs, write_two_class_data
 
 from transferkit.cli import main
 
@@ -17,32 +17,7 @@ def _images(page: str) -> list[str]:
 def test_report_of_an_adaptation_run_with_its_source_only_sibling(tmp_path, capsys):
     root = write_digit_pair(tmp_path / "data")
     runs = tmp_path / "runs" / "mnist-mnist_m"
-    for method in ("source_only", "dann"):
-        assert (
-            main(
-                [
-                    "adapt",
-                    "--method",
-                    method,
-                    "--source",
-                    "mnist",
-                    "--target",
-                    "mnist_m",
-                    "--epochs",
-                    "2",
-                    "--steps-per-epoch",
-                    "2",
-                    "--device",
-                    "cpu",
-                    "--quiet",
-                    "--data-root",
-                    str(root),
-                    "--out",
-                    str(runs / method / "seed0"),
-                ]
-            )
-            == 0
-        )
+    write_tiny_adapt_runs(root, runs, epochs=2)
     capsys.readouterr()
     assert main(["report", str(runs / "dann" / "seed0"), "--samples", "30", "--data-root", str(root)]) == 0
     folder = runs / "dann" / "seed0" / "report"
