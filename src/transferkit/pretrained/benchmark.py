@@ -155,6 +155,19 @@ def run_benchmark(
     protocol = default_protocol(device)
     splits = load_splits("cats_vs_dogs", data_root)
     prepared: dict[int, dict] = {}
+
+    def prepared_for(config: RecipeConfig) -> int:
+        """Resize the three splits once per input size; returns that size."""
+        from transferkit.pretrained.backbones import build_backbone
+
+        size = config.image_size or build_backbone(config.backbone, "random").spec.input_size
+        if size not in prepared:
+            prepared[size] = {
+                k: imaging.prepare(s, size, progress)
+                for k, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+            }
+        return size
+
     started = time.perf_counter()
     rows = []
     full = len(splits.train)
@@ -172,14 +185,7 @@ def run_benchmark(
                     continue
                 if seed >= wanted:
                     continue
-                from transferkit.pretrained.backbones import build_backbone
-
-                input_size = config.image_size or build_backbone(config.backbone, "random").spec.input_size
-                if input_size not in prepared:
-                    prepared[input_size] = {
-                        k: imaging.prepare(s, input_size, progress)
-                        for k, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-                    }
+                input_size = prepared_for(config)
                 runs.append(
                     run(
                         replace(config, seed=seed, train_size=None if n == full else n),
@@ -216,12 +222,7 @@ def run_benchmark(
         if speed_file.is_file():
             speed = json.loads(speed_file.read_text())
         else:
-            size = protocol.extract.image_size or 224
-            if size not in prepared:
-                prepared[size] = {
-                    k: imaging.prepare(s, size, progress)
-                    for k, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-                }
+            prepared_for(protocol.extract)
             speed = _measure_speed(protocol, splits, prepared, out, progress)
             speed_file.write_text(json.dumps(speed, indent=2))
     results = {
