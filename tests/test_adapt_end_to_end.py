@@ -27,6 +27,7 @@ def test_adapt_writes_config_metrics_and_model(digit_root, tmp_path, capsys):
     assert "dann mnist → mnist_m: target-test accuracy" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == "dann" and config["network"] == "mnist"
+    assert config["geometry"] == "center"  # MNIST-M is MNIST with a border: cropped, not resized
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2]
     assert {"class_loss", "domain_loss", "domain_accuracy", "source_val_accuracy"} <= set(lines[0])
@@ -39,6 +40,20 @@ def test_adapt_writes_config_metrics_and_model(digit_root, tmp_path, capsys):
     assert 0.0 <= final["target_test_accuracy"] <= 1.0
     weights = load_file(str(out / "model.safetensors"))
     assert "network.features.0.weight" in weights
+
+
+def test_geometry_can_be_chosen_and_a_bad_one_exits_2(digit_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["adapt", "--method", "source_only", "--source", "mnist", "--target", "mnist_m",
+                 "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu", "--quiet",
+                 "--geometry", "resize", "--out", str(out), "--data-root", str(digit_root)])
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["geometry"] == "resize"
+    with pytest.raises(SystemExit) as exited:
+        main(["adapt", "--method", "dann", "--source", "mnist", "--target", "mnist_m",
+              "--geometry", "stretch"])
+    assert exited.value.code == 2
+    assert "--geometry" in capsys.readouterr().err
 
 
 def test_interrupted_run_resumes_from_its_last_epoch(digit_root, tmp_path):
@@ -87,7 +102,8 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
                                                                    monkeypatch):
     out = tmp_path / "bench"
     args = ["benchmark", "ganin2016", "--pairs", "mnist:mnist_m,svhn:mnist",
-            "--methods", "source_only,sa,dann", "--seeds", "2", "--epochs", "1",
+            "--methods", "source_only,sa,dann,target_only", "--seeds", "2",
+            "--oracle-seeds", "1", "--epochs", "1",
             "--device", "cpu", "--quiet", "--out", str(out), "--data-root", str(digit_root)]
     assert main(args) == 0
     report = json.loads((out / "results.json").read_text())
@@ -95,9 +111,10 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
     assert rows[("mnist", "dann")]["status"] == "measured"
     assert len(rows[("mnist", "dann")]["accuracies"]) == 2
     assert rows[("mnist", "dann")]["paper"] == 0.7666
+    assert len(rows[("mnist", "target_only")]["accuracies"]) == 1  # --oracle-seeds 1
     assert rows[("svhn", "dann")]["status"] == "data missing"
     table = (out / "table.md").read_text()
-    assert "paper 0.7666" in table and "data missing" in table
+    assert "paper 0.7666" in table and "data missing" in table and "(1 seed)" in table
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("a finished run was trained again")

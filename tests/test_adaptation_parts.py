@@ -55,6 +55,23 @@ def test_paper_networks_give_class_logits_and_expected_feature_sizes(name, size,
     assert network.domain_classifier(torch.zeros(2, features)).shape == (2, 1)
 
 
+def test_he_initialisation_keeps_the_signal_and_starts_every_relu_active():
+    torch.manual_seed(0)
+    network = DigitNetwork("gtsrb", 43, 32)
+    first = network.features[0]
+    assert torch.all(first.bias == 0.1)
+    fan_in = first.weight[0].numel()
+    assert float(first.weight.std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)
+    images = torch.randn(64, 3, 32, 32)
+    he_logits = network(images).std()
+    torch.manual_seed(0)
+    default_logits = DigitNetwork("gtsrb", 43, 32, init="pytorch")(images).std()
+    # PyTorch's default init shrinks the signal layer by layer; He's keeps its scale
+    assert he_logits > 10 * default_logits
+    with pytest.raises(ValueError, match="initialisation"):
+        DigitNetwork("mnist", 10, init="zeros")
+
+
 def test_command_line_names_match_the_registries():
     from transferkit.methods import TRAINED_METHODS
 
@@ -80,22 +97,30 @@ def test_subspace_alignment_classifies_a_shifted_scaled_and_tilted_target():
     assert (alignment.predict(target) == target_labels).mean() > 0.9
 
 
-def test_dann_domain_loss_sums_the_source_mean_and_the_target_mean():
+def test_dann_domain_loss_is_the_joint_mean_or_the_sum_of_the_domain_means():
     import torch.nn.functional as F
 
     from transferkit.methods import DANN
 
     torch.manual_seed(0)
-    method = DANN(DigitNetwork("mnist", 10, 28))
+    network = DigitNetwork("mnist", 10, 28)
     source, target = torch.randn(4, 3, 28, 28), torch.randn(6, 3, 28, 28)
-    values = method.losses(source, torch.arange(4), target, progress=0.5)
     with torch.no_grad():
-        source_logits = method.network.domain_classifier(method.network.features(source))
-        target_logits = method.network.domain_classifier(method.network.features(target))
-        expected = (F.binary_cross_entropy_with_logits(source_logits, torch.zeros(4, 1))
-                    + F.binary_cross_entropy_with_logits(target_logits, torch.ones(6, 1)))
-    torch.testing.assert_close(values["domain_loss"], expected)
-    assert values["grl_coefficient"] == pytest.approx(grl_coefficient(0.5))
+        source_logits = network.domain_classifier(network.features(source))
+        target_logits = network.domain_classifier(network.features(target))
+        source_losses = F.binary_cross_entropy_with_logits(
+            source_logits, torch.zeros(4, 1), reduction="none")
+        target_losses = F.binary_cross_entropy_with_logits(
+            target_logits, torch.ones(6, 1), reduction="none")
+    joint = DANN(network).losses(source, torch.arange(4), target, progress=0.5)
+    torch.testing.assert_close(joint["domain_loss"],
+                               torch.cat([source_losses, target_losses]).mean())
+    summed = DANN(network, domain_loss="sum").losses(source, torch.arange(4), target, 0.5)
+    torch.testing.assert_close(summed["domain_loss"],
+                               source_losses.mean() + target_losses.mean())
+    assert joint["grl_coefficient"] == pytest.approx(grl_coefficient(0.5))
+    with pytest.raises(ValueError, match="domain_loss"):
+        DANN(network, domain_loss="max")
 
 
 def test_dann_feature_gradient_is_class_gradient_minus_lambda_domain_gradient():
@@ -116,8 +141,8 @@ def test_dann_feature_gradient_is_class_gradient_minus_lambda_domain_gradient():
     class_grad = gradient(F.cross_entropy(network.label_predictor(features[:4]), labels))
     features = network.features(torch.cat([source, target]))
     logits = network.domain_classifier(features).squeeze(1)
-    domain = (F.binary_cross_entropy_with_logits(logits[:4], torch.zeros(4))
-              + F.binary_cross_entropy_with_logits(logits[4:], torch.ones(4)))
+    domain = F.binary_cross_entropy_with_logits(logits, torch.cat([torch.zeros(4),
+                                                                   torch.ones(4)]))
     domain_grad = gradient(domain)
     total_grad = gradient(method.losses(source, labels, target, progress=0.3)["loss"])
     torch.testing.assert_close(total_grad, class_grad - grl_coefficient(0.3) * domain_grad)

@@ -51,3 +51,25 @@ def test_binarized_source_has_only_black_and_white_pixels(digits_root):
     pair = load_pair("mnist", "mnist_m", data_root=digits_root, size=28, binarize_source=True)
     assert set(torch.unique(pair.source_train.images).tolist()) <= {0, 255}
     assert len(torch.unique(pair.target_train.images)) > 2  # the target is left as it is
+
+
+def test_center_geometry_crops_the_border_and_keeps_the_pixel_scale(digits_root):
+    """MNIST-M is MNIST padded by 2 px: centring to 28 must give back the inner 28×28 pixels
+    untouched (resizing would shrink the digit)."""
+    from transferkit.data.loading import load_split
+
+    raw = torch.from_numpy(np.array(load_split("mnist_m", "test", digits_root).images))
+    pair = load_pair("mnist", "mnist_m", data_root=digits_root, size=28, geometry="center")
+    assert torch.equal(pair.target_test.images, raw.permute(0, 3, 1, 2)[..., 2:30, 2:30])
+    padded = load_pair("mnist", "mnist_m", data_root=digits_root, size=32, geometry="center")
+    source = padded.source_train.images
+    assert source.shape[-2:] == (32, 32)
+    assert source[..., :2, :].sum() == 0 and source[..., :, 30:].sum() == 0  # zero border
+    assert torch.equal(source[..., 2:30, 2:30], pair.source_train.images)
+    resized = load_pair("mnist", "mnist_m", data_root=digits_root, size=28)
+    assert not torch.equal(resized.target_test.images, pair.target_test.images)
+
+
+def test_unknown_geometry_is_an_error(digits_root):
+    with pytest.raises(TransferkitError, match="geometry"):
+        load_pair("mnist", "mnist_m", data_root=digits_root, size=28, geometry="stretch")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from transferkit.data.pairs import DomainPair, DomainSplit, load_pair
+from transferkit.data.pairs import GEOMETRIES, DomainPair, DomainSplit, load_pair
 from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
 from transferkit.models import NETWORKS, DigitNetwork
@@ -35,6 +35,12 @@ PAIR_NETWORKS: dict[tuple[str, str], tuple[str, int]] = {
     ("svhn", "mnist"): ("svhn", 32),
     ("syn_signs", "gtsrb"): ("gtsrb", 40),
 }
+
+
+# Pairs whose images must be centred, not resized, to share one geometry: MNIST-M's 32×32
+# images are MNIST digits with a 2-pixel border, so resizing them to 28×28 would shrink every
+# digit by an eighth relative to the source; cropping the border restores MNIST's geometry.
+PAIR_GEOMETRIES: dict[tuple[str, str], str] = {("mnist", "mnist_m"): "center"}
 
 
 def default_network(source: str, target: str, num_classes: int) -> tuple[str, int]:
@@ -69,7 +75,8 @@ class DomainAdapter:
                  learning_rate: float = 0.01, steps_per_epoch: int | None = None,
                  seed: int = 0, device: str = "auto", run_dir: str | Path | None = None,
                  data_root: str | Path | None = None, init_from: str | Path | None = None,
-                 binarize_source: bool = False, progress: bool = True) -> None:
+                 binarize_source: bool = False, geometry: str | None = None,
+                 progress: bool = True) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
@@ -86,6 +93,9 @@ class DomainAdapter:
         self.data_root = data_root
         self.init_from = Path(init_from) if init_from is not None else None
         self.binarize_source = binarize_source
+        if geometry is not None and geometry not in GEOMETRIES:
+            raise TransferkitError(f"--geometry {geometry}: expected one of {', '.join(GEOMETRIES)}")
+        self.geometry = geometry
         self.progress = progress
 
     # -- fitting ------------------------------------------------------------------------------
@@ -106,8 +116,10 @@ class DomainAdapter:
                 default = default_network(source, target, len(classes))
                 network, size = network or default[0], size or default[1]
                 self.network, self.image_size = network, size
+            if self.geometry is None:
+                self.geometry = PAIR_GEOMETRIES.get((source, target), "resize")
             pair = load_pair(source, target, size=size, data_root=self.data_root,
-                             binarize_source=self.binarize_source)
+                             binarize_source=self.binarize_source, geometry=self.geometry)
         self.pair_ = pair
         network_name = self.network or default_network(pair.source, pair.target,
                                                        len(pair.classes))[0]
@@ -182,7 +194,8 @@ class DomainAdapter:
     def _config_record(self) -> dict[str, Any]:
         return {"method": self.method, "source": self.pair_.source, "target": self.pair_.target,
                 "network": self.network, "image_size": self.pair_.image_size,
-                "binarize_source": self.binarize_source, **asdict(self.config)}
+                "binarize_source": self.binarize_source, "geometry": self.geometry,
+                **asdict(self.config)}
 
     def results(self) -> dict[str, Any]:
         self._check_fitted()
@@ -204,6 +217,7 @@ class DomainAdapter:
             "network": self.network,
             "image_size": self.pair_.image_size,
             "binarize_source": self.binarize_source,
+            "geometry": self.geometry,
             "images_per_second": statistics.median(rates) if rates else None,
             "data_fraction": statistics.median(fractions) if fractions else None,
             "peak_memory_mb": _peak_memory_mb(self.device_),

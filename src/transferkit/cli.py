@@ -85,6 +85,7 @@ def _adapt(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         steps_per_epoch=args.steps_per_epoch, seed=args.seed, device=args.device,
         run_dir=out, data_root=args.data_root, binarize_source=args.binarize_source,
+        geometry=args.geometry,
         progress=not args.quiet,
     ).fit(args.source, args.target)
     results = adapter.results_
@@ -128,10 +129,13 @@ def _benchmark(args: argparse.Namespace) -> int:
     methods = _parse_list(args.methods, list(protocol.methods), "methods") or list(protocol.methods)
     if args.seeds < 1:
         raise TransferkitError(f"--seeds {args.seeds}: expected a positive number")
+    if args.oracle_seeds is not None and args.oracle_seeds < 1:
+        raise TransferkitError(f"--oracle-seeds {args.oracle_seeds}: expected a positive number")
     out = Path(args.out or f"runs/{protocol.name}")
     command = "transferkit " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
     options = RunOptions(seeds=args.seeds, epochs=args.epochs, device=args.device,
-                         data_root=args.data_root, progress=not args.quiet)
+                         data_root=args.data_root, progress=not args.quiet,
+                         oracle_seeds=args.oracle_seeds)
     run_protocol(protocol, [by_key[k] for k in pair_keys], methods, out, options, command)
     print((out / "table.md").read_text())
     print(f"results: {out / 'results.json'}, {out / 'table.md'}")
@@ -346,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--steps-per-epoch", type=int, help="default: one pass over the source")
     adapt.add_argument("--binarize-source", action="store_true",
                        help="source pixels > 0 become 255 (MNIST as MNIST-M's digits were drawn)")
+    adapt.add_argument("--geometry", choices=("resize", "center"),
+                       help="how images of another size reach --image-size: resize them, or "
+                            "centre-crop / zero-pad them (pixel scale kept). Default: center for "
+                            "mnist → mnist_m (MNIST-M is MNIST padded by 2 px), else resize")
     adapt.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     adapt.add_argument("--quiet", action="store_true", help="no progress bars")
     adapt.set_defaults(run=_adapt)
@@ -430,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", help="comma-separated methods (default: all; cats_vs_dogs: "
                                           "scratch,extract,finetune)")
     bench.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method and pair")
+    bench.add_argument("--oracle-seeds", type=int,
+                       help="ganin2016: seeds of the train-on-target reference (default: --seeds)")
     bench.add_argument("--epochs", type=int, help="override the protocol's epochs (quick runs)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
     bench.add_argument("--out", metavar="DIR", help="output folder (default runs/PROTOCOL)")

@@ -25,6 +25,7 @@ class RunOptions:
     device: str = "auto"
     data_root: str | None = None
     progress: bool = True
+    oracle_seeds: int | None = None  # seeds of the train-on-target reference (default: seeds)
 
 
 def _machine() -> str:
@@ -77,7 +78,8 @@ def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
         method=method, network=pair.network, image_size=pair.image_size,
         epochs=options.epochs or pair.epochs, steps_per_epoch=pair.steps_per_epoch,
         seed=seed, device=options.device, run_dir=run_dir, data_root=options.data_root,
-        init_from=init_from, binarize_source=pair.binarize_source, progress=options.progress,
+        init_from=init_from, binarize_source=pair.binarize_source,
+        geometry=pair.geometry, progress=options.progress,
     )
     adapter.fit(pair.source, pair.target)
     return adapter.results_
@@ -104,13 +106,16 @@ def run_protocol(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
                 row.update(status="data missing", detail=missing)
                 rows.append(row)
                 continue
-            runs = [run_one(pair, method, seed, out, options) for seed in range(options.seeds)]
+            seeds = options.seeds
+            if method == "target_only" and options.oracle_seeds is not None:
+                seeds = options.oracle_seeds
+            runs = [run_one(pair, method, seed, out, options) for seed in range(seeds)]
             accuracies = [r["target_test_accuracy"] for r in runs]
             mean, std = summarize(accuracies)
             rates = [r["images_per_second"] for r in runs if r.get("images_per_second")]
             row.update(
                 status="measured", accuracies=accuracies, mean=mean, std=std,
-                seeds=list(range(options.seeds)), epochs=runs[0]["epochs"],
+                seeds=list(range(seeds)), epochs=runs[0]["epochs"],
                 selected_by=runs[0]["selected_by"], oracle=runs[0]["oracle"],
                 source_test_accuracy=summarize(
                     [r["source_test_accuracy"] for r in runs if r["source_test_accuracy"]])[0],

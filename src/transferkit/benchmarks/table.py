@@ -21,6 +21,8 @@ def _cell(row: dict[str, Any] | None) -> str:
         return "not run"
     if row["status"] != "measured":
         return "data missing"
+    if len(row["accuracies"]) == 1:
+        return f"{row['mean']:.4f} (1 seed)"
     return f"{row['mean']:.4f} ± {row['std']:.4f}"
 
 
@@ -29,11 +31,12 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
     rows = {(r["source"], r["target"], r["method"]): r for r in report["rows"]}
     header = ["method"] + [f"{p.source} → {p.target}" for p in pairs]
     lines = [f"# {protocol.title}", "",
-             f"Ours: target-test accuracy, mean ± std over {report['seeds']} seed(s), "
-             "beside the paper's. In parentheses: the share of the source-only → "
-             "train-on-target gap closed, (method − source only) / (train on target − "
-             "source only), computed for the paper from its numbers (its printed 52.9% for "
-             "DANN on MNIST → MNIST-M does not follow from them; the other columns do) and for "
+             f"Ours: target-test accuracy, mean ± std over {report['seeds']} seed(s) "
+             "(rows measured on fewer seeds say so), beside the paper's. In parentheses: "
+             "the share of the source-only → train-on-target gap closed, "
+             "(method − source only) / (train on target − source only), computed for the "
+             "paper from its numbers (its printed 52.9% for DANN on MNIST → MNIST-M does not "
+             "follow from them; the other columns do) and for "
              "us from our own source-only and train-on-target.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in methods:

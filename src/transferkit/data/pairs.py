@@ -19,9 +19,28 @@ from transferkit.data.images import ImageSet
 from transferkit.data.loading import load_split
 from transferkit.errors import TransferkitError
 
+GEOMETRIES = ("resize", "center")
 
-def to_common_form(image_set: ImageSet, size: int, channels: int = 3) -> torch.Tensor:
-    """uint8 N×C×size×size: grey repeated to RGB, resized (bilinear, antialiased) if needed."""
+
+def center_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop (larger sides) or zero-pad (smaller sides) N×C×H×W images to size×size,
+    keeping the pixel scale."""
+    height, width = images.shape[-2:]
+    pad_height, pad_width = max(0, size - height), max(0, size - width)
+    if pad_height or pad_width:
+        images = F.pad(images, [pad_width // 2, pad_width - pad_width // 2,
+                                pad_height // 2, pad_height - pad_height // 2])
+        height, width = images.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return images[..., top : top + size, left : left + size].contiguous()
+
+
+def to_common_form(image_set: ImageSet, size: int, channels: int = 3,
+                   geometry: str = "resize") -> torch.Tensor:
+    """uint8 N×C×size×size: grey repeated to RGB, then brought to ``size``: ``resize``
+    (bilinear, antialiased) or ``center`` (centre crop / zero pad, see :func:`center_to`)."""
+    if geometry not in GEOMETRIES:
+        raise TransferkitError(f"geometry {geometry!r}: expected one of {', '.join(GEOMETRIES)}")
     images, _ = image_set.to_tensors()
     if images.shape[1] == 1 and channels == 3:
         images = images.expand(-1, 3, -1, -1)
@@ -29,6 +48,8 @@ def to_common_form(image_set: ImageSet, size: int, channels: int = 3) -> torch.T
         raise TransferkitError(f"cannot turn {images.shape[1]}-channel images into {channels}")
     if images.shape[-2:] == (size, size):
         return images.contiguous()
+    if geometry == "center":
+        return center_to(images, size)
     out = torch.empty((len(images), channels, size, size), dtype=torch.uint8)
     for start in range(0, len(images), 4096):  # bounded memory for the float copy
         chunk = images[start : start + 4096].float()
@@ -110,11 +131,15 @@ def binarize(image_set: ImageSet) -> ImageSet:
 def load_pair(
     source: str, target: str, size: int | None = None,
     data_root: str | os.PathLike[str] | None = None, binarize_source: bool = False,
+    geometry: str = "resize",
 ) -> DomainPair:
     """Load ``source`` (train, and test if it has one) and ``target`` (train, test) as one pair.
 
     ``size`` defaults to the larger image side of the two domains. ``binarize_source`` maps
-    every non-zero source pixel to 255 (see :func:`binarize`).
+    every non-zero source pixel to 255 (see :func:`binarize`). ``geometry`` says how images
+    of another size reach ``size``: ``resize`` them, or ``center`` them (crop or pad, pixel
+    scale kept) — right when one domain is the other one padded, as MNIST-M's 32×32 images
+    are MNIST's 28×28 digits with a 2-pixel border.
     """
     parts = {
         ("source", "train"): load_split(source, "train", data_root),
@@ -137,7 +162,8 @@ def load_pair(
             raise TransferkitError("images differ in size within a split: pass size=")
         size = max(max(s[0], s[1]) for s in shapes if s is not None)
     splits = {
-        key: DomainSplit(to_common_form(part, size), torch.from_numpy(np.array(part.labels)))
+        key: DomainSplit(to_common_form(part, size, geometry=geometry),
+                         torch.from_numpy(np.array(part.labels)))
         for key, part in parts.items()
     }
     mean = _pixel_mean(splits[("source", "train")].images, splits[("target", "train")].images)
@@ -152,4 +178,5 @@ def load_pair(
 def pair_of_run(config: dict, data_root: str | os.PathLike[str] | None = None) -> DomainPair:
     """The domain pair a ``transferkit adapt`` run was trained on, from its ``config.json``."""
     return load_pair(config["source"], config["target"], size=config["image_size"], data_root=data_root,
-                     binarize_source=config.get("binarize_source", False))
+                     binarize_source=config.get("binarize_source", False),
+                     geometry=config.get("geometry", "resize"))
