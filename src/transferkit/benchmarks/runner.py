@@ -39,7 +39,8 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    text = f"{cpu}, {threads} thread{'s' if threads != 1 else ''}, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
