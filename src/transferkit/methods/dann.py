@@ -8,11 +8,12 @@ learns features the domain classifier cannot separate:
     E(θf, θy, θd) = 1/n Σ L_y(source) − λ · 1/(n+n') Σ L_d(source and target)
 
 The domain loss is one mean over the joint batch of n source + n' target images, as a
-logistic loss layer over the concatenated batch computes it (the paper's Caffe
-implementation, and the public TensorFlow reimplementations). Eq. 9 of the paper, read
+logistic loss layer over the concatenated batch computes it by default (Caffe's and
+TensorFlow's batch normalisation of a loss; the public TensorFlow reimplementation of the
+paper's MNIST experiment does this). Eq. 9 of the paper, read
 literally, sums the source mean and the target mean: twice the adversarial pressure when
 n = n'. We measured both on MNIST → MNIST-M (seed 0, 10 epochs, recorded in
-``benchmarks/results/ganin2016.md``): with the sum the domain classifier and the features
+``benchmarks/results/dann_design_choices/``): with the sum the domain classifier and the features
 oscillate, source-validation accuracy falls to ≈ 0.965 and target accuracy with it; with the
 joint mean source validation stays at ≈ 0.979. ``domain_loss="sum"`` keeps the literal form.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from transferkit.methods.base import Method
 from transferkit.models import gradient_reversal
@@ -36,7 +38,7 @@ class DANN(Method):
     name = "dann"
     uses_target = True
 
-    def __init__(self, network, domain_loss: str = "mean") -> None:
+    def __init__(self, network: nn.Module, domain_loss: str = "mean") -> None:
         super().__init__(network)
         if domain_loss not in DOMAIN_LOSSES:
             raise ValueError(f"domain_loss {domain_loss!r}: expected one of "
