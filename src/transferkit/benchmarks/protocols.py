@@ -18,7 +18,7 @@ class PairProtocol:
     paper: dict[str, float]  # method → published target-test accuracy
     steps_per_epoch: int | None = None
     binarize_source: bool = False
-    geometry: str = "resize"  # or "center": crop/pad to the common size, see data.pairs
+    geometry: str | None = None  # None: the adapter's default for the pair (api.PAIR_GEOMETRIES)
     note: str = ""
 
     @property
@@ -42,7 +42,7 @@ GANIN2016 = Protocol(
     pairs=(
         PairProtocol("mnist", "mnist_m", "mnist", 28, 10,
                      {"source_only": .5225, "sa": .5690, "dann": .7666, "target_only": .9596},
-                     binarize_source=True, geometry="center",
+                     binarize_source=True,
                      note="MNIST is binarised (pixel > 0 → 255) as MNIST-M's digits were when "
                           "it was drawn; MNIST-M's 32×32 images are MNIST digits with a 2-pixel "
                           "border, which is cropped (not resized) to the network's 28×28"),
