@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from transferkit import DomainAdapter
 from transferkit.cli import main
+from transferkit.errors import TransferkitError
 
 
 @pytest.fixture
@@ -56,16 +57,45 @@ def test_geometry_can_be_chosen_and_a_bad_one_exits_2(digit_root, tmp_path, caps
     assert "--geometry" in capsys.readouterr().err
 
 
-def test_interrupted_run_resumes_from_its_last_epoch(digit_root, tmp_path):
+def test_interrupted_run_resumes_from_its_last_epoch(digit_root, tmp_path, monkeypatch):
+    import transferkit.training.loop as loop
+
+    out = tmp_path / "run"
+    common = dict(method="source_only", epochs=2, steps_per_epoch=2, device="cpu", run_dir=out,
+                  data_root=digit_root, progress=False)
+    real_save = loop.save_checkpoint
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt  # Ctrl-C just after epoch 1's checkpoint
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        DomainAdapter(**common).fit("mnist", "mnist_m")
+    assert not (out / "metrics.json").exists()
+    first = torch.load(out / "checkpoint.pt", weights_only=True)["history"][0]
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    resumed = DomainAdapter(**common).fit("mnist", "mnist_m")
+    assert len(resumed.history_) == 2
+    assert resumed.history_[0] == first  # the finished epoch was not trained again
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+
+
+def test_a_run_folder_of_other_settings_is_not_resumed_or_reused(digit_root, tmp_path, capsys):
     out = tmp_path / "run"
     common = dict(method="source_only", steps_per_epoch=2, device="cpu", run_dir=out,
                   data_root=digit_root, progress=False)
     DomainAdapter(epochs=1, **common).fit("mnist", "mnist_m")
-    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    (out / "metrics.json").unlink()
-    resumed = DomainAdapter(epochs=2, **common).fit("mnist", "mnist_m")
-    assert len(resumed.history_) == 2
-    assert resumed.history_[0] == first  # the finished epoch was not trained again
+    with pytest.raises(TransferkitError, match=r"epochs=1 there, 2 here"):
+        DomainAdapter(epochs=2, **common).fit("mnist", "mnist_m")  # schedules span the budget
+    code = main(["adapt", "--method", "source_only", "--source", "mnist", "--target", "mnist_m",
+                 "--epochs", "1", "--steps-per-epoch", "2", "--lr", "0.1", "--device", "cpu",
+                 "--quiet", "--out", str(out), "--data-root", str(digit_root)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "learning_rate=0.01 there, 0.1 here" in err
+    assert json.loads((out / "config.json").read_text())["epochs"] == 1  # left as it was
 
 
 def test_checkpoint_loads_without_unpickling_code(digit_root, tmp_path):
@@ -99,7 +129,7 @@ def test_subspace_alignment_records_its_subspace_choice(digit_root):
 
 
 def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, capsys):
     out = tmp_path / "bench"
     args = ["benchmark", "ganin2016", "--pairs", "mnist:mnist_m,svhn:mnist",
             "--methods", "source_only,sa,dann,target_only", "--seeds", "2",
@@ -121,6 +151,9 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
 
     monkeypatch.setattr(DomainAdapter, "fit", refuse)
     assert main(args) == 0
+    # the same folder asked for another budget: the finished 1-epoch runs are not reported as 2
+    assert main([*args[:args.index("--epochs") + 1], "2", *args[args.index("--epochs") + 2:]]) == 2
+    assert "epochs=1 there, 2 here" in capsys.readouterr().err
 
 
 def test_adapt_rejects_an_unknown_method_with_exit_code_2(capsys):

@@ -116,3 +116,22 @@ def test_unknown_split_names_the_splits_that_exist(tmp_path):
 
     with pytest.raises(TransferkitError, match="expected one of train, test"):
         load_split("mnist", "validation", tmp_path)
+
+
+def test_decoding_shows_a_progress_bar_unless_told_to_be_quiet(capsys):
+    import io
+
+    from PIL import Image
+
+    from transferkit.data.decode import decode_many, decode_progress
+
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4), 7).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    items = [(f"{i}.png", lambda: png) for i in range(2500)]  # bars start at 2,000 images
+    with decode_progress(False):
+        quiet = decode_many(items, desc="quiet decode")
+    assert "quiet decode" not in capsys.readouterr().err
+    shown = decode_many(items, desc="loud decode")
+    assert "loud decode" in capsys.readouterr().err
+    assert len(quiet) == len(shown) == 2500 and int(quiet[0][0, 0, 0]) == 7

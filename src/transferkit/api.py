@@ -54,6 +54,35 @@ def extract_features(model: Method, split: DomainSplit, pair: DomainPair) -> np.
     return run_batches(model, split.images, pair, features=True).numpy()
 
 
+# Settings a run may change when it resumes; any other difference is another run.
+RESUMABLE_CHANGES = frozenset({"device"})
+
+
+def check_same_run(run_dir: Path, record: dict[str, Any]) -> None:
+    """Refuse to resume or reuse ``run_dir`` when it holds a run with other settings.
+
+    A checkpoint or result made with, say, 10 epochs must not be continued or reported as a
+    20-epoch run: the schedules depend on the whole budget.
+    """
+    config_path = run_dir / "config.json"
+    started = any((run_dir / name).is_file()
+                  for name in ("checkpoint.pt", "metrics.json", "model.safetensors"))
+    if not started or not config_path.is_file():
+        return
+    try:
+        before = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TransferkitError(f"{config_path}: not readable JSON ({exc}); "
+                               "remove the folder or choose another --out") from None
+    changed = [f"{key}={before.get(key)!r} there, {value!r} here"
+               for key, value in record.items()
+               if key not in RESUMABLE_CHANGES and key in before and before[key] != value]
+    if changed:
+        raise TransferkitError(
+            f"{run_dir} holds a run with other settings ({'; '.join(changed)}): "
+            "choose another --out, or remove the folder to start again")
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -126,6 +155,7 @@ class DomainAdapter:
         self.network = network_name
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            check_same_run(self.run_dir, self._config_record())
             (self.run_dir / "config.json").write_text(json.dumps(self._config_record(), indent=2))
 
         torch.manual_seed(self.config.seed)  # the same initial weights for every method

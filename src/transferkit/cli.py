@@ -452,8 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from transferkit.data.decode import decode_progress
+
     try:
-        return args.run(args)
+        with decode_progress(not getattr(args, "quiet", False)):
+            return args.run(args)
     except TransferkitError as exc:
         if args.debug:
             raise

@@ -64,11 +64,18 @@ def _pair_available(pair: PairProtocol, data_root: str | None) -> str | None:
 
 def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
             options: RunOptions) -> dict[str, Any]:
-    from transferkit.api import DomainAdapter
+    from transferkit.api import PAIR_GEOMETRIES, DomainAdapter, check_same_run
 
     run_dir = out / f"{pair.source}-{pair.target}" / method / f"seed{seed}"
     finished = run_dir / "metrics.json"
-    if finished.is_file():
+    if finished.is_file():  # kept only when it is this protocol's run, not one of other settings
+        check_same_run(run_dir, {
+            "method": method, "source": pair.source, "target": pair.target, "seed": seed,
+            "network": pair.network, "image_size": pair.image_size,
+            "epochs": options.epochs or pair.epochs, "steps_per_epoch": pair.steps_per_epoch,
+            "binarize_source": pair.binarize_source,
+            "geometry": pair.geometry or PAIR_GEOMETRIES.get((pair.source, pair.target), "resize"),
+        })
         return json.loads(finished.read_text())
     init_from = None
     if method == "sa":  # SA aligns the source-only network's features: reuse that run

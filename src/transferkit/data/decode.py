@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -14,6 +16,19 @@ from tqdm import tqdm
 from transferkit.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".ppm", ".bmp", ".pgm", ".tif", ".tiff")
+
+# Decoding sits many calls below the command that asked for it; ``--quiet`` reaches it here.
+_SHOW_PROGRESS: ContextVar[bool] = ContextVar("transferkit_decode_progress", default=True)
+
+
+@contextmanager
+def decode_progress(enabled: bool) -> Iterator[None]:
+    """Show (or hide) the decoding progress bars inside the ``with`` block."""
+    token = _SHOW_PROGRESS.set(enabled)
+    try:
+        yield
+    finally:
+        _SHOW_PROGRESS.reset(token)
 
 
 def decode_image(
@@ -49,7 +64,8 @@ def decode_many(
     """
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool, tqdm(
-        total=len(items), desc=desc, unit="img", leave=False, disable=len(items) < 2000
+        total=len(items), desc=desc, unit="img", leave=False,
+        disable=len(items) < 2000 or not _SHOW_PROGRESS.get(),
     ) as bar:
         futures = []
         for name, read in items:
