@@ -156,6 +156,26 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
     assert "epochs=1 there, 2 here" in capsys.readouterr().err
 
 
+def test_benchmark_runs_side_by_side_with_jobs_and_sa_reuses_the_source_only_network(
+        digit_root, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["benchmark", "ganin2016", "--pairs", "mnist:mnist_m", "--methods", "sa,source_only",
+            "--seeds", "2", "--epochs", "1", "--jobs", "2", "--device", "cpu",
+            "--out", str(out), "--data-root", str(digit_root)]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "mnist → mnist_m source_only seed 1: target-test accuracy" in printed.out
+    report = json.loads((out / "results.json").read_text())
+    assert "2 runs at a time" in report["machine"]
+    rows = {r["method"]: r for r in report["rows"]}
+    assert rows["sa"]["status"] == rows["source_only"]["status"] == "measured"
+    for seed in (0, 1):  # SA waited for, and aligned, the network of its source-only run
+        sa = json.loads((out / "mnist-mnist_m" / "sa" / f"seed{seed}" / "metrics.json").read_text())
+        assert sa["sa_features_from"].endswith(f"source_only/seed{seed}/model.safetensors")
+    assert main(["benchmark", "ganin2016", "--jobs", "0"]) == 2
+    assert "--jobs 0" in capsys.readouterr().err
+
+
 def test_adapt_rejects_an_unknown_method_with_exit_code_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["adapt", "--method", "magic", "--source", "mnist", "--target", "mnist_m"])
