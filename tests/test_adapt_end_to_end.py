@@ -145,6 +145,7 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
     assert rows[("svhn", "dann")]["status"] == "data missing"
     table = (out / "table.md").read_text()
     assert "paper 0.7666" in table and "data missing" in table and "(1 seed)" in table
+    assert "mnist → mnist_m 1 epoch." in table  # the budget the runs had (--epochs 1)
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("a finished run was trained again")

@@ -45,8 +45,7 @@ GANIN2016 = Protocol(
                      binarize_source=True,
                      note="MNIST is binarised (pixel > 0 → 255) as MNIST-M's digits were when "
                           "it was drawn; MNIST-M's 32×32 images are MNIST digits with a 2-pixel "
-                          "border, which is cropped (not resized) to the network's 28×28; "
-                          "20 epochs = 18,740 steps of 64 + 64 images"),
+                          "border, which is cropped (not resized) to the network's 28×28"),
         PairProtocol("syn_digits", "svhn", "svhn", 32, 10,
                      {"source_only": .8674, "sa": .8644, "dann": .9109, "target_only": .9220}),
         PairProtocol("svhn", "mnist", "svhn", 32, 10,

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import platform
+import queue
 import statistics
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -150,35 +150,40 @@ def run_parallel(pairs: list[PairProtocol], methods: list[str], out: Path,
         pair, method, seed = task  # SA waits for its source-only network
         return method == "sa" and any(
             p.key == pair.key and m == "source_only" and k == seed
-            for p, m, k in [*pending, *futures.values()])
+            for p, m, k in [*pending, *running.values()])
 
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    running: dict[int, tuple[PairProtocol, str, int]] = {}
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
-    futures: dict[Future, tuple[PairProtocol, str, int]] = {}
-    with ProcessPoolExecutor(options.jobs, mp_context=context, initializer=_worker_start,
-                             initargs=(_threads_per_job(options.jobs),)) as pool, \
+    # Leaving the ``with`` block terminates the workers, on an error or Ctrl-C included: a run
+    # killed mid-epoch resumes from its last checkpoint next time.
+    with context.Pool(options.jobs, initializer=_worker_start,
+                      initargs=(_threads_per_job(options.jobs),)) as pool, \
             tqdm(total=len(pending), desc=f"runs ({options.jobs} at a time)", unit="run",
                  disable=not options.progress) as bar:
-        try:
-            while pending or futures:
-                for task in [t for t in pending if not blocked(t)]:
-                    if len(futures) >= options.jobs:
-                        break
-                    pending.remove(task)
-                    futures[pool.submit(_run_in_worker, *task, out, quiet)] = task
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for future in done:
-                    pair, method, seed = futures.pop(future)
-                    status, value = future.result()
-                    if status == "error":
-                        raise TransferkitError(f"{pair.key} {method} seed {seed}: {value}")
-                    bar.update()
-                    bar.write(f"{pair.source} → {pair.target} {method} seed {seed}: target-test "
-                              f"accuracy {value['target_test_accuracy']:.4f} "
-                              f"({value['wall_seconds']:.0f} s)")
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        number = 0
+        while pending or running:
+            for task in [t for t in pending if not blocked(t)]:
+                if len(running) >= options.jobs:
+                    break
+                pending.remove(task)
+                number += 1
+                running[number] = task
+                pool.apply_async(_run_in_worker, (*task, out, quiet),
+                                 callback=lambda result, n=number: finished.put((n, result)),
+                                 error_callback=lambda exc, n=number: finished.put(
+                                     (n, ("error", repr(exc)))))
+            try:
+                done, (status, value) = finished.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            pair, method, seed = running.pop(done)
+            if status == "error":
+                raise TransferkitError(f"{pair.key} {method} seed {seed}: {value}")
+            bar.update()
+            bar.write(f"{pair.source} → {pair.target} {method} seed {seed}: target-test "
+                      f"accuracy {value['target_test_accuracy']:.4f} "
+                      f"({value['wall_seconds']:.0f} s)")
 
 
 def summarize(values: list[float]) -> tuple[float | None, float | None]:

@@ -60,7 +60,19 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     notes = sorted({p.note for p in pairs if p.note})
+    budgets = []
+    for pair in pairs:  # what the runs were given, an --epochs override included
+        epochs = sorted({r["epochs"] for r in report["rows"] if r["status"] == "measured"
+                         and (r["source"], r["target"]) == (pair.source, pair.target)})
+        if epochs:
+            steps = f" of {pair.steps_per_epoch} steps" if pair.steps_per_epoch else ""
+            unit = "epoch" if epochs == [1] else "epochs"
+            budgets.append(f"{pair.source} → {pair.target} "
+                           f"{' / '.join(map(str, epochs))} {unit}{steps}")
     lines += ["", f"Machine: {report['machine']}."]
+    if budgets:
+        lines += ["", f"Budget (batches of 64 labelled images, + 64 target images for DANN): "
+                  f"{'; '.join(budgets)}."]
     if report.get("command"):
         lines += ["", f"Command: `{report['command']}`"]
     lines += [f"Note: {n}." for n in notes]
