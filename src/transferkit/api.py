@@ -244,6 +244,7 @@ class DomainAdapter:
             "epochs": self.config.epochs,
             "wall_seconds": self.wall_seconds_,
             "device": str(self.device_),
+            "threads": torch.get_num_threads(),
             "network": self.network,
             "image_size": self.pair_.image_size,
             "binarize_source": self.binarize_source,
