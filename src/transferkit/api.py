@@ -43,6 +43,10 @@ PAIR_NETWORKS: dict[tuple[str, str], tuple[str, int]] = {
 PAIR_GEOMETRIES: dict[tuple[str, str], str] = {("mnist", "mnist_m"): "center"}
 
 
+def default_geometry(source: str, target: str) -> str:
+    return PAIR_GEOMETRIES.get((source, target), "resize")
+
+
 def default_network(source: str, target: str, num_classes: int) -> tuple[str, int]:
     """The paper's choice for its pairs; otherwise the sign net for 43 classes, else SVHN's."""
     if (source, target) in PAIR_NETWORKS:
@@ -146,7 +150,7 @@ class DomainAdapter:
                 network, size = network or default[0], size or default[1]
                 self.network, self.image_size = network, size
             if self.geometry is None:
-                self.geometry = PAIR_GEOMETRIES.get((source, target), "resize")
+                self.geometry = default_geometry(source, target)
             pair = load_pair(source, target, size=size, data_root=self.data_root,
                              binarize_source=self.binarize_source, geometry=self.geometry)
         self.pair_ = pair
@@ -155,8 +159,9 @@ class DomainAdapter:
         self.network = network_name
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            check_same_run(self.run_dir, self._config_record())
-            (self.run_dir / "config.json").write_text(json.dumps(self._config_record(), indent=2))
+            record = self._config_record()
+            check_same_run(self.run_dir, record)
+            (self.run_dir / "config.json").write_text(json.dumps(record, indent=2))
 
         torch.manual_seed(self.config.seed)  # the same initial weights for every method
         trained = "source_only" if self.method == "sa" else self.method

@@ -72,11 +72,15 @@ def _pair_available(pair: PairProtocol, data_root: str | None) -> str | None:
     return None
 
 
+def _run_dir(out: Path, pair: PairProtocol, method: str, seed: int) -> Path:
+    return out / f"{pair.source}-{pair.target}" / method / f"seed{seed}"
+
+
 def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
             options: RunOptions) -> dict[str, Any]:
-    from transferkit.api import PAIR_GEOMETRIES, DomainAdapter, check_same_run
+    from transferkit.api import DomainAdapter, check_same_run, default_geometry
 
-    run_dir = out / f"{pair.source}-{pair.target}" / method / f"seed{seed}"
+    run_dir = _run_dir(out, pair, method, seed)
     finished = run_dir / "metrics.json"
     if finished.is_file():  # kept only when it is this protocol's run, not one of other settings
         check_same_run(run_dir, {
@@ -84,12 +88,12 @@ def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
             "network": pair.network, "image_size": pair.image_size,
             "epochs": options.epochs or pair.epochs, "steps_per_epoch": pair.steps_per_epoch,
             "binarize_source": pair.binarize_source,
-            "geometry": pair.geometry or PAIR_GEOMETRIES.get((pair.source, pair.target), "resize"),
+            "geometry": pair.geometry or default_geometry(pair.source, pair.target),
         })
         return json.loads(finished.read_text())
     init_from = None
     if method == "sa":  # SA aligns the source-only network's features: reuse that run
-        candidate = out / f"{pair.source}-{pair.target}" / "source_only" / f"seed{seed}"
+        candidate = _run_dir(out, pair, "source_only", seed)
         if (candidate / "metrics.json").is_file():
             init_from = candidate / "model.safetensors"
     adapter = DomainAdapter(
@@ -140,8 +144,7 @@ def run_parallel(pairs: list[PairProtocol], methods: list[str], out: Path,
 
     pending = [(pair, method, seed) for pair in pairs for method in methods
                for seed in _task_seeds(method, options)
-               if not (out / f"{pair.source}-{pair.target}" / method / f"seed{seed}"
-                       / "metrics.json").is_file()]
+               if not (_run_dir(out, pair, method, seed) / "metrics.json").is_file()]
     if not pending:
         return
     quiet = replace(options, progress=False)
