@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from transferkit.data.pairs import GEOMETRIES, DomainPair, DomainSplit, load_pair
+from transferkit.data.pairs import DomainPair, DomainSplit, load_pair
 from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
 from transferkit.models import NETWORKS, DigitNetwork
+from transferkit.names import GEOMETRIES
 from transferkit.training.device import resolve_device
 from transferkit.training.loop import TrainConfig, evaluate, fit, run_batches
 

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also decode every image, even where checksums are known")
     verify.set_defaults(run=_data_verify)
 
-    from transferkit.names import METHOD_NAMES, NETWORK_NAMES
+    from transferkit.names import GEOMETRIES, METHOD_NAMES, NETWORK_NAMES
 
     adapt = commands.add_parser(
         "adapt", help="unsupervised domain adaptation from a labelled source to a target",
@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--steps-per-epoch", type=int, help="default: one pass over the source")
     adapt.add_argument("--binarize-source", action="store_true",
                        help="source pixels > 0 become 255 (MNIST as MNIST-M's digits were drawn)")
-    adapt.add_argument("--geometry", choices=("resize", "center"),
+    adapt.add_argument("--geometry", choices=GEOMETRIES,
                        help="how images of another size reach --image-size: resize them, or "
                             "centre-crop / zero-pad them (pixel scale kept). Default: center for "
                             "mnist → mnist_m (MNIST-M is MNIST padded by 2 px), else resize")

@@ -3,3 +3,4 @@ commands start quickly. The registries they name live in ``methods`` and ``model
 
 METHOD_NAMES = ("source_only", "sa", "dann", "target_only")
 NETWORK_NAMES = ("mnist", "svhn", "gtsrb")
+GEOMETRIES = ("resize", "center")  # how images of another size reach the common size

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from transferkit.data.images import ImageSet
 from transferkit.data.loading import load_split
 from transferkit.errors import TransferkitError
-
-GEOMETRIES = ("resize", "center")
+from transferkit.names import GEOMETRIES
 
 
 def center_to(images: torch.Tensor, size: int) -> torch.Tensor:
