@@ -27,7 +27,7 @@ from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceA
 from transferkit.models import NETWORKS, DigitNetwork
 from transferkit.names import GEOMETRIES
 from transferkit.training.device import resolve_device
-from transferkit.training.loop import TrainConfig, evaluate, fit, run_batches
+from transferkit.training.loop import TrainConfig, evaluate, fit, run_batches, weight_average
 
 # The paper's network and input size for each of its pairs (Ganin et al. 2016, §5.2).
 PAIR_NETWORKS: dict[tuple[str, str], tuple[str, int]] = {
@@ -79,9 +79,11 @@ def check_same_run(run_dir: Path, record: dict[str, Any]) -> None:
     except (OSError, json.JSONDecodeError) as exc:
         raise TransferkitError(f"{config_path}: not readable JSON ({exc}); "
                                "remove the folder or choose another --out") from None
+    # A setting the older run did not record is one it did not have (new options default to
+    # None), so a run without, say, a weight average is not reused as one with it.
     changed = [f"{key}={before.get(key)!r} there, {value!r} here"
                for key, value in record.items()
-               if key not in RESUMABLE_CHANGES and key in before and before[key] != value]
+               if key not in RESUMABLE_CHANGES and before.get(key) != value]
     if changed:
         raise TransferkitError(
             f"{run_dir} holds a run with other settings ({'; '.join(changed)}): "
@@ -102,6 +104,9 @@ class DomainAdapter:
     features), ``dann``, or ``target_only`` (oracle: trains on target labels).
     Model selection never looks at target-test labels: the last epoch is kept
     (``selected_by`` says so), and SA's subspace size is chosen on source data.
+    ``ema_decay``: keep an exponential moving average of the weights during training and
+    make it the model (see :func:`transferkit.training.loop.weight_average`); the last-epoch
+    weights' accuracies are still recorded, beside it, in ``metrics.json``.
     """
 
     def __init__(self, method: str = "dann", network: str | None = None,
@@ -110,7 +115,7 @@ class DomainAdapter:
                  seed: int = 0, device: str = "auto", run_dir: str | Path | None = None,
                  data_root: str | Path | None = None, init_from: str | Path | None = None,
                  binarize_source: bool = False, geometry: str | None = None,
-                 progress: bool = True) -> None:
+                 ema_decay: float | None = None, progress: bool = True) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
@@ -130,6 +135,10 @@ class DomainAdapter:
         if geometry is not None and geometry not in GEOMETRIES:
             raise TransferkitError(f"--geometry {geometry}: expected one of {', '.join(GEOMETRIES)}")
         self.geometry = geometry
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise TransferkitError(f"--ema-decay {ema_decay}: expected a number strictly "
+                                   "between 0 and 1 (such as 0.999)")
+        self.ema_decay = ema_decay
         self.progress = progress
 
     # -- fitting ------------------------------------------------------------------------------
@@ -173,7 +182,13 @@ class DomainAdapter:
             self.model_.to(device)
             self.history_: list[dict[str, Any]] = []
         else:
-            self.history_ = fit(self.model_, pair, self.config, self.run_dir, self.progress)
+            average = (weight_average(self.model_, self.ema_decay)
+                       if self.ema_decay is not None else None)
+            self.history_ = fit(self.model_, pair, self.config, self.run_dir, self.progress,
+                                average=average)
+            if average is not None:  # the average is the model; the last weights stay on record
+                self.last_weights_ = self.model_
+                self.model_ = average.module
         self.alignment_: SubspaceAlignment | None = None
         if self.method == "sa":
             self.alignment_ = self._fit_alignment(pair)
@@ -231,7 +246,7 @@ class DomainAdapter:
         return {"method": self.method, "source": self.pair_.source, "target": self.pair_.target,
                 "network": self.network, "image_size": self.pair_.image_size,
                 "binarize_source": self.binarize_source, "geometry": self.geometry,
-                **asdict(self.config)}
+                "ema_decay": self.ema_decay, **asdict(self.config)}
 
     def results(self) -> dict[str, Any]:
         self._check_fitted()
@@ -246,7 +261,8 @@ class DomainAdapter:
             "target_test_accuracy": self.score("target_test"),
             "source_test_accuracy": (self.score("source_test")
                                      if self.pair_.source_test is not None else None),
-            "selected_by": "last_epoch",
+            "selected_by": ("last_epoch" if self.ema_decay is None
+                            else f"weight average (EMA, decay {self.ema_decay}) at the last epoch"),
             "epochs": self.config.epochs,
             "wall_seconds": self.wall_seconds_,
             "device": str(self.device_),
@@ -259,8 +275,17 @@ class DomainAdapter:
             "data_fraction": statistics.median(fractions) if fractions else None,
             "peak_memory_mb": _peak_memory_mb(self.device_),
         }
+        if self.ema_decay is not None:
+            record["ema_decay"] = self.ema_decay
+        if hasattr(self, "last_weights_"):
+            last = self.last_weights_
+            record["last_epoch_weights"] = {
+                "target_test_accuracy": evaluate(last, self.pair_.target_test, self.pair_),
+                "source_test_accuracy": (evaluate(last, self.pair_.source_test, self.pair_)
+                                         if self.pair_.source_test is not None else None),
+            }
         if self.alignment_ is not None:
-            record["selected_by"] = "last_epoch; subspace size by source_validation"
+            record["selected_by"] += "; subspace size by source_validation"
             record["sa_dimension"] = self.alignment_.selected_dimension
             record["sa_source_validation"] = self.alignment_.validation_accuracy
             if self.init_from is not None:

@@ -85,7 +85,7 @@ def _adapt(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         steps_per_epoch=args.steps_per_epoch, seed=args.seed, device=args.device,
         run_dir=out, data_root=args.data_root, binarize_source=args.binarize_source,
-        geometry=args.geometry,
+        geometry=args.geometry, ema_decay=args.ema_decay,
         progress=not args.quiet,
     ).fit(args.source, args.target)
     results = adapter.results_
@@ -356,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how images of another size reach --image-size: resize them, or "
                             "centre-crop / zero-pad them (pixel scale kept). Default: center for "
                             "mnist → mnist_m (MNIST-M is MNIST padded by 2 px), else resize")
+    adapt.add_argument("--ema-decay", type=float, metavar="D",
+                       help="keep an exponential moving average of the weights (w̄ ← D·w̄ + "
+                            "(1−D)·w after every step; 0.999 averages over about 1,000 steps) and "
+                            "make it the model; the last-epoch weights' accuracies are recorded "
+                            "beside it. Default: off, the last-epoch weights are the model")
     adapt.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     adapt.add_argument("--quiet", action="store_true", help="no progress bars")
     adapt.set_defaults(run=_adapt)

@@ -19,6 +19,7 @@ class PairProtocol:
     steps_per_epoch: int | None = None
     binarize_source: bool = False
     geometry: str | None = None  # None: the adapter's default for the pair (api.PAIR_GEOMETRIES)
+    ema_decay: float | None = None  # the model is an EMA of the weights (None: last weights)
     note: str = ""
 
     @property
@@ -42,7 +43,7 @@ GANIN2016 = Protocol(
     pairs=(
         PairProtocol("mnist", "mnist_m", "mnist", 28, 20,
                      {"source_only": .5225, "sa": .5690, "dann": .7666, "target_only": .9596},
-                     binarize_source=True,
+                     binarize_source=True, ema_decay=0.999,
                      note="MNIST is binarised (pixel > 0 → 255) as MNIST-M's digits were when "
                           "it was drawn; MNIST-M's 32×32 images are MNIST digits with a 2-pixel "
                           "border, which is cropped (not resized) to the network's 28×28"),

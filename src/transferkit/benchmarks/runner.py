@@ -89,6 +89,7 @@ def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
             "epochs": options.epochs or pair.epochs, "steps_per_epoch": pair.steps_per_epoch,
             "binarize_source": pair.binarize_source,
             "geometry": pair.geometry or default_geometry(pair.source, pair.target),
+            "ema_decay": pair.ema_decay,
         })
         return json.loads(finished.read_text())
     init_from = None
@@ -101,7 +102,7 @@ def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
         epochs=options.epochs or pair.epochs, steps_per_epoch=pair.steps_per_epoch,
         seed=seed, device=options.device, run_dir=run_dir, data_root=options.data_root,
         init_from=init_from, binarize_source=pair.binarize_source,
-        geometry=pair.geometry, progress=options.progress,
+        geometry=pair.geometry, ema_decay=pair.ema_decay, progress=options.progress,
     )
     adapter.fit(pair.source, pair.target)
     return adapter.results_

@@ -5,6 +5,10 @@ then normalised in one vectorised step — no per-sample Python work, no worker 
 Each epoch ends with an evaluation on the method's monitor split, a line in
 ``metrics.jsonl`` and a checkpoint (model, optimiser, epoch, sampler RNG, history), so an
 interrupted run resumes where its last epoch ended.
+
+With ``average`` (see :func:`weight_average`) the loop also keeps an exponential moving
+average of the weights, updated after every step, evaluated on the monitor split each epoch
+and checkpointed with the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from transferkit.data.pairs import DomainPair, DomainSplit
@@ -82,11 +87,26 @@ def _epoch_indices(size: int, count: int, generator: torch.Generator) -> torch.T
     return torch.cat(passes)[:count]
 
 
+def weight_average(method: Method, decay: float) -> AveragedModel:
+    """An exponential moving average of ``method``'s weights: after each step
+    w̄ ← decay · w̄ + (1 − decay) · w (the first step copies w). Its ``module`` is a
+    :class:`Method` like ``method``, to evaluate or save."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"weight-average decay must lie strictly between 0 and 1, got {decay}")
+    return AveragedModel(method, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | None = None,
-        progress: bool = True) -> list[dict[str, Any]]:
-    """Train ``method`` on ``pair``; returns one dict of metrics per epoch."""
+        progress: bool = True, average: AveragedModel | None = None) -> list[dict[str, Any]]:
+    """Train ``method`` on ``pair``; returns one dict of metrics per epoch.
+
+    ``average``, made by :func:`weight_average` from ``method`` before training, is updated
+    after every optimiser step; its monitor accuracy is logged as ``average_val_accuracy``.
+    """
     device = resolve_device(config.device)
     method.to(device).to(memory_format=torch.channels_last)
+    if average is not None:
+        average.to(device).to(memory_format=torch.channels_last)
     labelled = _to_device(method.labelled_split(pair), device)
     target = _to_device(pair.target_train, device) if method.uses_target else None
     monitor = method.monitor_split(pair)
@@ -104,6 +124,11 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         history = list(state["history"])
+        if average is not None:
+            if "average" not in state:
+                raise ValueError(f"{checkpoint_path}: made without a weight average; "
+                                 "it cannot resume a run that keeps one")
+            average.load_state_dict(state["average"])
     if run_dir is not None:  # rewrite from the checkpoint: a line after it is not trusted
         (run_dir / METRICS_LINES).write_text("".join(json.dumps(h) + "\n" for h in history))
 
@@ -138,6 +163,8 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
             optimizer.zero_grad(set_to_none=True)
             values["loss"].backward()
             optimizer.step()
+            if average is not None:
+                average.update_parameters(method)
             for key, value in values.items():
                 sums[key] += float(value.detach())
             if progress and step % 20 == 0:
@@ -155,13 +182,16 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
         })
         if monitor is not None:
             record["source_val_accuracy"] = evaluate(method, monitor, pair)
+            if average is not None:
+                record["average_val_accuracy"] = evaluate(average.module, monitor, pair)
         history.append(record)
         if run_dir is not None:
-            save_checkpoint(checkpoint_path, {
-                "model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "history": history,
-                "config": asdict(config),
-            })
+            snapshot = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(), "history": history,
+                        "config": asdict(config)}
+            if average is not None:
+                snapshot["average"] = average.state_dict()
+            save_checkpoint(checkpoint_path, snapshot)
             with open(run_dir / METRICS_LINES, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
         if progress:
