@@ -182,3 +182,49 @@ def test_adapt_rejects_an_unknown_method_with_exit_code_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["adapt", "--method", "magic", "--source", "mnist", "--target", "mnist_m"])
     assert info.value.code == 2
+
+
+def test_weight_average_is_the_model_survives_an_interruption_and_is_a_setting(
+        digit_root, tmp_path, monkeypatch, capsys):
+    import transferkit.training.loop as loop
+
+    def run(out, **extra):
+        return DomainAdapter(method="dann", epochs=2, steps_per_epoch=3, device="cpu",
+                             run_dir=out, data_root=digit_root, progress=False, ema_decay=0.5,
+                             **extra).fit("mnist", "mnist_m")
+
+    straight = run(tmp_path / "straight")
+    final = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert final["selected_by"] == "weight average (EMA, decay 0.5) at the last epoch"
+    assert final["ema_decay"] == 0.5
+    assert set(final["last_epoch_weights"]) == {"target_test_accuracy", "source_test_accuracy"}
+    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert all("average_val_accuracy" in line for line in lines)
+    saved = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    average = straight.model_.state_dict()
+    last = straight.last_weights_.state_dict()
+    assert all(torch.equal(saved[k], average[k].cpu()) for k in saved)  # the average is saved
+    assert not torch.equal(saved["network.features.0.weight"], last["network.features.0.weight"])
+
+    real_save = loop.save_checkpoint
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed")
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    run(tmp_path / "resumed")  # the average is restored, not restarted from the epoch-2 weights
+    resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert all(torch.allclose(resumed[k], saved[k]) for k in saved)
+
+    code = main(["adapt", "--method", "dann", "--source", "mnist", "--target", "mnist_m",
+                 "--epochs", "2", "--steps-per-epoch", "3", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "straight"), "--data-root", str(digit_root)])
+    assert code == 2  # a folder whose model is an average is not reused as a last-weights run
+    assert "ema_decay=0.5 there, None here" in capsys.readouterr().err
+    assert main(["adapt", "--method", "dann", "--source", "mnist", "--target", "mnist_m",
+                 "--ema-decay", "1.5", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "--ema-decay 1.5: expected a number strictly between 0 and 1" in capsys.readouterr().err

@@ -146,3 +146,23 @@ def test_dann_feature_gradient_is_class_gradient_minus_lambda_domain_gradient():
     domain_grad = gradient(domain)
     total_grad = gradient(method.losses(source, labels, target, progress=0.3)["loss"])
     torch.testing.assert_close(total_grad, class_grad - grl_coefficient(0.3) * domain_grad)
+
+
+def test_weight_average_is_the_exponential_moving_average_of_the_steps():
+    from transferkit.training.loop import weight_average
+
+    model = torch.nn.Linear(3, 2)
+    average = weight_average(model, decay=0.9)
+    seen = []
+    for value in (1.0, 2.0, 4.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update_parameters(model)
+        seen.append(value)
+    expected = seen[0]  # the first update copies the weights
+    for value in seen[1:]:
+        expected = 0.9 * expected + 0.1 * value
+    assert torch.allclose(average.module.weight, torch.full((2, 3), expected))
+    assert float(model.weight[0, 0].detach()) == 4.0  # the trained weights are left alone
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        weight_average(model, decay=1.0)
