@@ -147,6 +147,11 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
     table = (out / "table.md").read_text()
     assert "paper 0.7666" in table and "data missing" in table and "(1 seed)" in table
     assert "mnist → mnist_m 1 epoch." in table  # the budget the runs had (--epochs 1)
+    # the protocol's MNIST-M model is a weight average; the table says so and shows both
+    assert rows[("mnist", "dann")]["selected_by"].startswith("weight average (EMA, decay 0.999)")
+    assert len(rows[("mnist", "dann")]["last_epoch_weights"]["accuracies"]) == 2
+    assert "mnist → mnist_m: weight average (EMA, decay 0.999) at the last epoch" in table
+    assert "mnist → mnist_m, DANN: last-epoch weights" in table
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("a finished run was trained again")

@@ -235,6 +235,11 @@ def run_protocol(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
             )
             if method == "sa":
                 row["sa_dimension"] = [r.get("sa_dimension") for r in runs]
+            if all("last_epoch_weights" in r for r in runs):  # the model is a weight average
+                last = [r["last_epoch_weights"]["target_test_accuracy"] for r in runs]
+                last_mean, last_std = summarize(last)
+                row["last_epoch_weights"] = {"accuracies": last, "mean": last_mean,
+                                             "std": last_std}
             rows.append(row)
             _write(protocol, pairs, methods, rows, out, options, command)
     return _write(protocol, pairs, methods, rows, out, options, command)

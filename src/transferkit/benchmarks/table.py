@@ -76,10 +76,29 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
     if report.get("command"):
         lines += ["", f"Command: `{report['command']}`"]
     lines += [f"Note: {n}." for n in notes]
+    kept = []
+    for pair in pairs:
+        ways = sorted({r["selected_by"].split(";")[0] for r in report["rows"]
+                       if r["status"] == "measured" and r.get("selected_by")
+                       and (r["source"], r["target"]) == (pair.source, pair.target)})
+        if ways:
+            kept.append(f"{pair.source} → {pair.target}: {' / '.join(ways)}")
     lines += ["", "Selection: no target-test label chooses an epoch, checkpoint or "
-              "hyper-parameter; the last epoch is kept, SA's subspace size is chosen on "
-              "source validation data. Train on target uses target-train labels (oracle).", "",
-              "## Speed", "", "| pair | method | images/s | data wait | wall s (per seed) | "
+              "hyper-parameter. The model kept — "
+              f"{'; '.join(kept) if kept else 'the last epoch'} — "
+              "SA's subspace size is chosen on source validation data. Train on target uses "
+              "target-train labels (oracle)."]
+    averaged = [r for r in report["rows"] if r.get("last_epoch_weights")]
+    if averaged:
+        lines += ["", "Where the model is a weight average, the same runs' last-epoch weights "
+                  "(not the model; shown for comparison), target-test accuracy:", ""]
+        for row in averaged:
+            last = row["last_epoch_weights"]
+            lines.append(f"- {row['source']} → {row['target']}, "
+                         f"{protocol.method_titles.get(row['method'], row['method'])}: "
+                         f"last-epoch weights {last['mean']:.4f} ± {last['std']:.4f}, "
+                         f"average {row['mean']:.4f} ± {row['std']:.4f}")
+    lines += ["", "## Speed", "", "| pair | method | images/s | data wait | wall s (per seed) | "
               "peak MB | device |", "|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         if row["status"] != "measured":
