@@ -16,14 +16,19 @@ def gap_closed(method: float | None, source_only: float | None,
     return (method - source_only) / (target_only - source_only)  # type: ignore[operator]
 
 
+def _spread(values: dict[str, Any]) -> str:
+    """mean ± std of a row's (or its last-epoch weights') accuracies over seeds."""
+    if len(values["accuracies"]) == 1:
+        return f"{values['mean']:.4f} (1 seed)"
+    return f"{values['mean']:.4f} ± {values['std']:.4f}"
+
+
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "not run"
     if row["status"] != "measured":
         return "data missing"
-    if len(row["accuracies"]) == 1:
-        return f"{row['mean']:.4f} (1 seed)"
-    return f"{row['mean']:.4f} ± {row['std']:.4f}"
+    return _spread(row)
 
 
 def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[str],
@@ -93,11 +98,10 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
         lines += ["", "Where the model is a weight average, the same runs' last-epoch weights "
                   "(not the model; shown for comparison), target-test accuracy:", ""]
         for row in averaged:
-            last = row["last_epoch_weights"]
             lines.append(f"- {row['source']} → {row['target']}, "
                          f"{protocol.method_titles.get(row['method'], row['method'])}: "
-                         f"last-epoch weights {last['mean']:.4f} ± {last['std']:.4f}, "
-                         f"average {row['mean']:.4f} ± {row['std']:.4f}")
+                         f"last-epoch weights {_spread(row['last_epoch_weights'])}, "
+                         f"average {_spread(row)}")
     lines += ["", "## Speed", "", "| pair | method | images/s | data wait | wall s (per seed) | "
               "peak MB | device |", "|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
