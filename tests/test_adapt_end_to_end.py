@@ -193,10 +193,10 @@ def test_weight_average_is_the_model_survives_an_interruption_and_is_a_setting(
         digit_root, tmp_path, monkeypatch, capsys):
     import transferkit.training.loop as loop
 
-    def run(out, **extra):
+    def run(out):
         return DomainAdapter(method="dann", epochs=2, steps_per_epoch=3, device="cpu",
-                             run_dir=out, data_root=digit_root, progress=False, ema_decay=0.5,
-                             **extra).fit("mnist", "mnist_m")
+                             run_dir=out, data_root=digit_root, progress=False,
+                             ema_decay=0.5).fit("mnist", "mnist_m")
 
     straight = run(tmp_path / "straight")
     final = json.loads((tmp_path / "straight" / "metrics.json").read_text())

@@ -175,6 +175,7 @@ class DomainAdapter:
 
         torch.manual_seed(self.config.seed)  # the same initial weights for every method
         trained = "source_only" if self.method == "sa" else self.method
+        self.last_weights_: Method | None = None  # set when the model is a weight average
         self.model_ = TRAINED_METHODS[trained](
             DigitNetwork(network_name, len(pair.classes), pair.image_size))
         if self.method == "sa" and self.init_from is not None:
@@ -277,8 +278,8 @@ class DomainAdapter:
         }
         if self.ema_decay is not None:
             record["ema_decay"] = self.ema_decay
-        if hasattr(self, "last_weights_"):
-            last = self.last_weights_
+        last = self.last_weights_
+        if last is not None:
             record["last_epoch_weights"] = {
                 "target_test_accuracy": evaluate(last, self.pair_.target_test, self.pair_),
                 "source_test_accuracy": (evaluate(last, self.pair_.source_test, self.pair_)
