@@ -152,6 +152,7 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
     assert len(rows[("mnist", "dann")]["last_epoch_weights"]["accuracies"]) == 2
     assert "mnist → mnist_m: weight average (EMA, decay 0.999) at the last epoch" in table
     assert "mnist → mnist_m, DANN: last-epoch weights" in table
+    assert rows[("mnist", "dann")]["threads"] == [torch.get_num_threads()] * 2  # per run
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("a finished run was trained again")

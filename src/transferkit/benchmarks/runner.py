@@ -231,6 +231,7 @@ def run_protocol(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
                     [r["data_fraction"] for r in runs if r.get("data_fraction") is not None]
                 ) if rates else None,
                 peak_memory_mb=max(r["peak_memory_mb"] for r in runs),
+                threads=[r.get("threads") for r in runs],  # None: made before runs recorded it
                 device=runs[0]["device"],
             )
             if method == "sa":

@@ -103,7 +103,7 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
                          f"last-epoch weights {_spread(row['last_epoch_weights'])}, "
                          f"average {_spread(row)}")
     lines += ["", "## Speed", "", "| pair | method | images/s | data wait | wall s (per seed) | "
-              "peak MB | device |", "|---|---|---|---|---|---|---|"]
+              "peak MB | device | threads per run |", "|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         if row["status"] != "measured":
             continue
@@ -114,6 +114,8 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
             f"{rate:.0f} | {wait:.1%} | " if rate is not None and wait is not None else
             f"| {row['source']} → {row['target']} | {row['method']} | — | — | "
         )
+        threads = sorted({t for t in row.get("threads", []) if t is not None})
         lines[-1] += (", ".join(f"{w:.0f}" for w in row["wall_seconds"])
-                      + f" | {row['peak_memory_mb']:.0f} | {row['device']} |")
+                      + f" | {row['peak_memory_mb']:.0f} | {row['device']} | "
+                      + (" / ".join(map(str, threads)) or "not recorded") + " |")
     return "\n".join(lines) + "\n"
