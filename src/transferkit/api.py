@@ -169,7 +169,7 @@ class DomainAdapter:
         self.network = network_name
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            record = self._config_record()
+            record = self.run_settings(pair.source, pair.target, pair.image_size)
             check_same_run(self.run_dir, record)
             (self.run_dir / "config.json").write_text(json.dumps(record, indent=2))
 
@@ -243,9 +243,11 @@ class DomainAdapter:
 
     # -- run directory ------------------------------------------------------------------------
 
-    def _config_record(self) -> dict[str, Any]:
-        return {"method": self.method, "source": self.pair_.source, "target": self.pair_.target,
-                "network": self.network, "image_size": self.pair_.image_size,
+    def run_settings(self, source: str, target: str, image_size: int) -> dict[str, Any]:
+        """What ``config.json`` records and :func:`check_same_run` compares: every setting of
+        this adapter on ``source → target`` at ``image_size``."""
+        return {"method": self.method, "source": source, "target": target,
+                "network": self.network, "image_size": image_size,
                 "binarize_source": self.binarize_source, "geometry": self.geometry,
                 "ema_decay": self.ema_decay, **asdict(self.config)}
 

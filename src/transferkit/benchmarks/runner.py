@@ -81,29 +81,22 @@ def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
     from transferkit.api import DomainAdapter, check_same_run, default_geometry
 
     run_dir = _run_dir(out, pair, method, seed)
-    finished = run_dir / "metrics.json"
-    if finished.is_file():  # kept only when it is this protocol's run, not one of other settings
-        check_same_run(run_dir, {
-            "method": method, "source": pair.source, "target": pair.target, "seed": seed,
-            "network": pair.network, "image_size": pair.image_size,
-            "epochs": options.epochs or pair.epochs, "steps_per_epoch": pair.steps_per_epoch,
-            "binarize_source": pair.binarize_source,
-            "geometry": pair.geometry or default_geometry(pair.source, pair.target),
-            "ema_decay": pair.ema_decay,
-        })
-        return json.loads(finished.read_text())
     init_from = None
-    if method == "sa":  # SA aligns the source-only network's features: reuse that run
-        candidate = _run_dir(out, pair, "source_only", seed)
-        if (candidate / "metrics.json").is_file():
-            init_from = candidate / "model.safetensors"
+    candidate = _run_dir(out, pair, "source_only", seed)
+    if method == "sa" and (candidate / "metrics.json").is_file():
+        init_from = candidate / "model.safetensors"  # SA aligns the source-only network's features
     adapter = DomainAdapter(
         method=method, network=pair.network, image_size=pair.image_size,
         epochs=options.epochs or pair.epochs, steps_per_epoch=pair.steps_per_epoch,
         seed=seed, device=options.device, run_dir=run_dir, data_root=options.data_root,
         init_from=init_from, binarize_source=pair.binarize_source,
-        geometry=pair.geometry, ema_decay=pair.ema_decay, progress=options.progress,
+        geometry=pair.geometry or default_geometry(pair.source, pair.target),
+        ema_decay=pair.ema_decay, progress=options.progress,
     )
+    finished = run_dir / "metrics.json"
+    if finished.is_file():  # kept only when it is this protocol's run, not one of other settings
+        check_same_run(run_dir, adapter.run_settings(pair.source, pair.target, pair.image_size))
+        return json.loads(finished.read_text())
     adapter.fit(pair.source, pair.target)
     return adapter.results_
 

@@ -31,6 +31,11 @@ def _cell(row: dict[str, Any] | None) -> str:
     return _spread(row)
 
 
+def _measured(report: dict[str, Any], pair: PairProtocol) -> list[dict[str, Any]]:
+    return [r for r in report["rows"] if r["status"] == "measured"
+            and (r["source"], r["target"]) == (pair.source, pair.target)]
+
+
 def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[str],
                  report: dict[str, Any]) -> str:
     rows = {(r["source"], r["target"], r["method"]): r for r in report["rows"]}
@@ -67,8 +72,7 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
     notes = sorted({p.note for p in pairs if p.note})
     budgets = []
     for pair in pairs:  # what the runs were given, an --epochs override included
-        epochs = sorted({r["epochs"] for r in report["rows"] if r["status"] == "measured"
-                         and (r["source"], r["target"]) == (pair.source, pair.target)})
+        epochs = sorted({r["epochs"] for r in _measured(report, pair)})
         if epochs:
             steps = f" of {pair.steps_per_epoch} steps" if pair.steps_per_epoch else ""
             unit = "epoch" if epochs == [1] else "epochs"
@@ -83,9 +87,8 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
     lines += [f"Note: {n}." for n in notes]
     kept = []
     for pair in pairs:
-        ways = sorted({r["selected_by"].split(";")[0] for r in report["rows"]
-                       if r["status"] == "measured" and r.get("selected_by")
-                       and (r["source"], r["target"]) == (pair.source, pair.target)})
+        ways = sorted({r["selected_by"].split(";")[0] for r in _measured(report, pair)
+                       if r.get("selected_by")})
         if ways:
             kept.append(f"{pair.source} → {pair.target}: {' / '.join(ways)}")
     lines += ["", "Selection: no target-test label chooses an epoch, checkpoint or "
