@@ -199,6 +199,47 @@ class DomainAdapter:
             self._write_results()
         return self
 
+    @classmethod
+    def load(cls, run_dir: str | Path, data_root: str | Path | None = None,
+             device: str = "cpu", progress: bool = True) -> DomainAdapter:
+        """A finished ``transferkit adapt`` run, ready for ``predict`` and ``score``: its
+        settings from ``config.json``, its model from ``model.safetensors`` (read without
+        unpickling), its data reloaded. SA's alignment, not saved, is fitted again (it is
+        deterministic given the network and the seed)."""
+        run = Path(run_dir)
+        config_path, weights_path = run / "config.json", run / "model.safetensors"
+        for path, what in ((config_path, "config.json"), (weights_path, "model.safetensors")):
+            if not path.is_file():
+                raise TransferkitError(f"{run}: no {what} — expected the folder of a finished "
+                                       "`transferkit adapt` run")
+        try:
+            config = json.loads(config_path.read_text())
+            settings = {key: config[key] for key in (
+                "method", "network", "image_size", "epochs", "batch_size", "learning_rate",
+                "steps_per_epoch", "seed")}
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise TransferkitError(f"{config_path}: not the config.json of an adapt run "
+                                   f"({exc})") from None
+        adapter = cls(**settings, device=device, data_root=data_root,
+                      binarize_source=config.get("binarize_source", False),
+                      geometry=config.get("geometry", "resize"),
+                      ema_decay=config.get("ema_decay"), progress=progress)
+        pair = load_pair(config["source"], config["target"], size=config["image_size"],
+                         data_root=data_root, binarize_source=adapter.binarize_source,
+                         geometry=adapter.geometry)
+        trained = "source_only" if adapter.method == "sa" else adapter.method
+        model = TRAINED_METHODS[trained](
+            DigitNetwork(adapter.network, len(pair.classes), pair.image_size))
+        model.load_state_dict(load_file(str(weights_path)))
+        adapter.device_ = resolve_device(device)
+        adapter.pair_, adapter.model_, adapter.last_weights_ = pair, model.eval(), None
+        adapter.history_ = [json.loads(line) for line in
+                            (run / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if (run / "metrics.jsonl").is_file() else []
+        model.to(adapter.device_)
+        adapter.alignment_ = adapter._fit_alignment(pair) if adapter.method == "sa" else None
+        return adapter
+
     def _fit_alignment(self, pair: DomainPair) -> SubspaceAlignment:
         source = extract_features(self.model_, pair.source_train, pair)
         labels = pair.source_train.labels.numpy()

@@ -97,6 +97,48 @@ def _adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reverse_validate(args: argparse.Namespace) -> int:
+    import json
+
+    from transferkit.api import DomainAdapter
+    from transferkit.selection import RESULT_FILE, reverse_validation
+
+    if args.epochs is not None and args.epochs < 1:
+        raise TransferkitError(f"--epochs {args.epochs}: expected a positive number")
+    pairs = {}
+    for run in args.run_dirs:  # every folder checked before hours of training start
+        config = Path(run) / "config.json"
+        if not config.is_file():
+            raise TransferkitError(f"{run}: no config.json — expected the folder of a "
+                                   "finished `transferkit adapt` run")
+        try:
+            settings = json.loads(config.read_text())
+            pairs[run] = f"{settings['source']} → {settings['target']}"
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise TransferkitError(f"{config}: not the config.json of an adapt run ({exc})") \
+                from None
+    if len(set(pairs.values())) > 1:
+        listed = "; ".join(f"{run}: {pair}" for run, pair in pairs.items())
+        raise TransferkitError(f"reverse-validation scores compare runs of one domain pair, "
+                               f"got several ({listed})")
+    scores = {}
+    for run in args.run_dirs:
+        adapter = DomainAdapter.load(run, data_root=args.data_root, device=args.device,
+                                     progress=not args.quiet)
+        record = reverse_validation(adapter, epochs=args.epochs, run_dir=run,
+                                    progress=not args.quiet)
+        scores[run] = record["score"]
+        print(f"reverse validation of {run} ({record['method']} {record['source']} → "
+              f"{record['target']}, seed {record['seed']}): {record['score']:.4f} on the "
+              f"{record['scored_on']} ({record['scored_images']} images), reverse run of "
+              f"{record['reverse_epochs']} epochs, {record['wall_seconds']:.0f} s; "
+              f"{Path(run) / RESULT_FILE}")
+    if len(scores) > 1:
+        best = max(scores, key=lambda run: scores[run])  # the first listed wins a tie
+        print(f"highest reverse-validation score: {best} ({scores[best]:.4f})")
+    return 0
+
+
 def _parse_list(text: str | None, allowed: list[str], what: str) -> list[str] | None:
     if text is None:
         return None
@@ -364,6 +406,26 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     adapt.add_argument("--quiet", action="store_true", help="no progress bars")
     adapt.set_defaults(run=_adapt)
+
+    reverse = commands.add_parser(
+        "reverse-validate", help="score finished adapt runs without target labels",
+        description="Reverse validation (Zhong et al. 2010; the model selection of Ganin et al. "
+                    "2016): the run's model pseudo-labels the target training images, the same "
+                    "method adapts back from them to the unlabelled source images, and the "
+                    "reverse model's accuracy on labelled source data it did not train on is "
+                    "the score (higher is better). Compare runs of one pair with it — epochs, "
+                    "hyper-parameters, methods — where target labels must not choose. Writes "
+                    "RUN/reverse_validation.json and keeps the reverse run in "
+                    "RUN/reverse_validation/ (an interrupted one resumes).")
+    reverse.add_argument("run_dirs", metavar="RUN", nargs="+",
+                         help="folder of a finished `transferkit adapt` run; several runs of one "
+                              "pair are scored in turn and the highest is named")
+    reverse.add_argument("--epochs", type=int,
+                         help="epochs of the reverse run (default: the run's own)")
+    reverse.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    reverse.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
+    reverse.add_argument("--quiet", action="store_true", help="no progress bars")
+    reverse.set_defaults(run=_reverse_validate)
 
     _add_recipe(commands, "extract", "train a new head on a frozen pretrained base (features cached)",
                 "Feature extraction: run the frozen base once per image (features cached on disk, so a "
