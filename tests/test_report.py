@@ -19,6 +19,8 @@ def test_report_of_an_adaptation_run_with_its_source_only_sibling(tmp_path, caps
     runs = tmp_path / "runs" / "mnist-mnist_m"
     write_tiny_adapt_runs(root, runs, epochs=2)
     capsys.readouterr()
+    reverse = {"score": 0.8125, "reverse_epochs": 2, "scored_on": "source test split"}
+    (runs / "dann" / "seed0" / "reverse_validation.json").write_text(json.dumps(reverse))
     assert main(["report", str(runs / "dann" / "seed0"), "--samples", "30", "--data-root", str(root)]) == 0
     folder = runs / "dann" / "seed0" / "report"
     page = (folder / "report.html").read_text()
@@ -30,6 +32,8 @@ def test_report_of_an_adaptation_run_with_its_source_only_sibling(tmp_path, caps
     assert 0 <= summary["features_proxy_a_distance_before"] <= 2
     assert 0 <= summary["features_proxy_a_distance_after"] <= 2
     assert summary["features_before"] == "source_only (seed0)"
+    assert summary["reverse_validation_score"] == 0.8125  # shown when reverse-validate ran
+    assert "Reverse validation (label-free): 0.8125" in page
 
 
 def test_report_of_a_finetune_run(tmp_path, capsys):

@@ -323,6 +323,15 @@ def _adapt_report(
     summary["features_before"] = before_label.removeprefix("before: ")
     summary["features_proxy_a_distance_before"] = gap_before.proxy_a_distance
     summary["features_proxy_a_distance_after"] = gap_after.proxy_a_distance
+    reverse = run / "reverse_validation.json"  # written by `transferkit reverse-validate`
+    if reverse.is_file():
+        record = json.loads(reverse.read_text())
+        summary["reverse_validation_score"] = record.get("score")
+        notes.append(
+            f"Reverse validation (label-free): {record.get('score', float('nan')):.4f} — a model "
+            f"adapted back from this run's pseudo-labelled target for {record.get('reverse_epochs')} "
+            f"epochs, scored on the {record.get('scored_on')}. Compare it across runs of this pair."
+        )
     if config.get("method") == "sa":
         notes.append(
             "SA classifies with a subspace alignment fitted on top of these features; the figures "
