@@ -95,6 +95,9 @@ def test_reverse_validation_refuses_the_oracle_and_a_folder_without_a_run(digit_
     assert main(["reverse-validate", str(tmp_path), "--quiet"]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert main(["reverse-validate", str(tmp_path), "--epochs", "0"]) == 2
+    (tmp_path / "config.json").write_text('{"method": "dann"}')
+    assert main(["reverse-validate", str(tmp_path), "--quiet"]) == 2
+    assert "missing source, target" in capsys.readouterr().err
 
 
 def test_several_runs_of_one_pair_are_ranked_and_of_two_pairs_refused(digit_root, tmp_path,
@@ -115,7 +118,8 @@ def test_several_runs_of_one_pair_are_ranked_and_of_two_pairs_refused(digit_root
     assert f"highest reverse-validation score: {best} ({scores[best]:.4f})" in out
     other = tmp_path / "other"
     other.mkdir()
-    (other / "config.json").write_text(json.dumps({"source": "svhn", "target": "mnist"}))
+    config = json.loads((tmp_path / "dann" / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "source": "svhn", "target": "mnist"}))
     assert main(["reverse-validate", runs[0], str(other), "--quiet"]) == 2
     assert "one domain pair" in capsys.readouterr().err
 

@@ -90,6 +90,28 @@ def check_same_run(run_dir: Path, record: dict[str, Any]) -> None:
             "choose another --out, or remove the folder to start again")
 
 
+RUN_KEYS = ("method", "source", "target", "network", "image_size", "epochs", "batch_size",
+            "learning_rate", "steps_per_epoch", "seed")
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """The ``config.json`` of a ``transferkit adapt`` run, or an error naming what is wrong."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise TransferkitError(f"{run_dir}: no config.json — expected the folder of a "
+                               "`transferkit adapt` run")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TransferkitError(f"{path}: not readable JSON ({exc})") from None
+    missing = [key for key in RUN_KEYS if key not in config] if isinstance(config, dict) \
+        else list(RUN_KEYS)
+    if missing:
+        raise TransferkitError(f"{path}: not the config.json of an adapt run (missing "
+                               f"{', '.join(missing)})")
+    return config
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -207,19 +229,12 @@ class DomainAdapter:
         unpickling), its data reloaded. SA's alignment, not saved, is fitted again (it is
         deterministic given the network and the seed)."""
         run = Path(run_dir)
-        config_path, weights_path = run / "config.json", run / "model.safetensors"
-        for path, what in ((config_path, "config.json"), (weights_path, "model.safetensors")):
-            if not path.is_file():
-                raise TransferkitError(f"{run}: no {what} — expected the folder of a finished "
-                                       "`transferkit adapt` run")
-        try:
-            config = json.loads(config_path.read_text())
-            settings = {key: config[key] for key in (
-                "method", "network", "image_size", "epochs", "batch_size", "learning_rate",
-                "steps_per_epoch", "seed")}
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise TransferkitError(f"{config_path}: not the config.json of an adapt run "
-                                   f"({exc})") from None
+        config = read_run_config(run)
+        weights_path = run / "model.safetensors"
+        if not weights_path.is_file():
+            raise TransferkitError(f"{run}: no model.safetensors — expected the folder of a "
+                                   "finished `transferkit adapt` run")
+        settings = {key: config[key] for key in RUN_KEYS if key not in ("source", "target")}
         adapter = cls(**settings, device=device, data_root=data_root,
                       binarize_source=config.get("binarize_source", False),
                       geometry=config.get("geometry", "resize"),

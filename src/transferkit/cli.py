@@ -98,25 +98,15 @@ def _adapt(args: argparse.Namespace) -> int:
 
 
 def _reverse_validate(args: argparse.Namespace) -> int:
-    import json
-
-    from transferkit.api import DomainAdapter
+    from transferkit.api import DomainAdapter, read_run_config
     from transferkit.selection import RESULT_FILE, reverse_validation
 
     if args.epochs is not None and args.epochs < 1:
         raise TransferkitError(f"--epochs {args.epochs}: expected a positive number")
     pairs = {}
     for run in args.run_dirs:  # every folder checked before hours of training start
-        config = Path(run) / "config.json"
-        if not config.is_file():
-            raise TransferkitError(f"{run}: no config.json — expected the folder of a "
-                                   "finished `transferkit adapt` run")
-        try:
-            settings = json.loads(config.read_text())
-            pairs[run] = f"{settings['source']} → {settings['target']}"
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise TransferkitError(f"{config}: not the config.json of an adapt run ({exc})") \
-                from None
+        config = read_run_config(Path(run))
+        pairs[run] = f"{config['source']} → {config['target']}"
     if len(set(pairs.values())) > 1:
         listed = "; ".join(f"{run}: {pair}" for run, pair in pairs.items())
         raise TransferkitError(f"reverse-validation scores compare runs of one domain pair, "
