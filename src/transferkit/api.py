@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from transferkit.data.pairs import DomainPair, DomainSplit, load_pair
+from transferkit.data.pairs import DomainPair, DomainSplit, load_pair, pair_of_run
 from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
 from transferkit.models import NETWORKS, DigitNetwork
@@ -239,18 +239,13 @@ class DomainAdapter:
                       binarize_source=config.get("binarize_source", False),
                       geometry=config.get("geometry", "resize"),
                       ema_decay=config.get("ema_decay"), progress=progress)
-        pair = load_pair(config["source"], config["target"], size=config["image_size"],
-                         data_root=data_root, binarize_source=adapter.binarize_source,
-                         geometry=adapter.geometry)
+        pair = pair_of_run(config, data_root)
         trained = "source_only" if adapter.method == "sa" else adapter.method
         model = TRAINED_METHODS[trained](
             DigitNetwork(adapter.network, len(pair.classes), pair.image_size))
         model.load_state_dict(load_file(str(weights_path)))
         adapter.device_ = resolve_device(device)
         adapter.pair_, adapter.model_, adapter.last_weights_ = pair, model.eval(), None
-        adapter.history_ = [json.loads(line) for line in
-                            (run / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-            if (run / "metrics.jsonl").is_file() else []
         model.to(adapter.device_)
         adapter.alignment_ = adapter._fit_alignment(pair) if adapter.method == "sa" else None
         return adapter
