@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from transferkit.data.pairs import DomainPair, DomainSplit, load_pair, pair_of_run
+from transferkit.data.pairs import DomainPair, DomainSplit, held_out_tenth, load_pair, pair_of_run
 from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
 from transferkit.models import NETWORKS, DigitNetwork
@@ -258,9 +258,7 @@ class DomainAdapter:
                 pair.source_test.labels.numpy()
             train, train_labels = source, labels
         else:  # hold out a tenth of the source for choosing the subspace size
-            order = np.random.default_rng(self.config.seed).permutation(len(source))
-            held = order[: max(1, len(order) // 10)]
-            kept = order[len(held):]
+            kept, held = held_out_tenth(len(source), self.config.seed)
             train, train_labels, val, val_labels = source[kept], labels[kept], source[held], \
                 labels[held]
         target = extract_features(self.model_, pair.target_train, pair)

@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from transferkit.data.pairs import DomainPair, DomainSplit
+from transferkit.data.pairs import DomainPair, DomainSplit, held_out_tenth
 from transferkit.errors import TransferkitError
 
 if TYPE_CHECKING:
@@ -52,8 +51,7 @@ def reverse_pair(pair: DomainPair, pseudo_labels: torch.Tensor, seed: int = 0) -
     if pair.source_test is not None:
         unlabelled, scored = source, pair.source_test
     else:
-        order = torch.from_numpy(np.random.default_rng(seed).permutation(len(source)))
-        held, kept = order[: max(1, len(order) // 10)], order[max(1, len(order) // 10):]
+        kept, held = (torch.from_numpy(i) for i in held_out_tenth(len(source), seed))
         unlabelled = DomainSplit(source.images[kept], source.labels[kept])
         scored = DomainSplit(source.images[held], source.labels[held])
     # The reverse run's target labels are the source's: only an oracle method would read

@@ -92,6 +92,14 @@ class DomainPair:
         return images.float().div_(255.0).sub_(mean)
 
 
+def held_out_tenth(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held) indices of ``count`` items: a seeded tenth (at least one) held out — the
+    source validation data of a pair without a source test split."""
+    order = np.random.default_rng(seed).permutation(count)
+    cut = max(1, count // 10)
+    return order[cut:], order[:cut]
+
+
 def check_same_classes(source: str, source_classes: tuple[str, ...], target: str,
                        target_classes: tuple[str, ...]) -> None:
     if tuple(source_classes) != tuple(target_classes):
