@@ -166,3 +166,30 @@ def test_weight_average_is_the_exponential_moving_average_of_the_steps():
     assert float(model.weight[0, 0].detach()) == 4.0  # the trained weights are left alone
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         weight_average(model, decay=1.0)
+
+
+def test_weight_average_resumed_from_its_state_dict_continues_the_same_average():
+    """The average counts its steps on the host (no device wait per step); a copy loaded
+    from a state dict must read that count back, not restart by copying the weights."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from transferkit.training.loop import weight_average
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    steps = [{k: torch.randn_like(v) for k, v in model.state_dict().items()
+              if v.is_floating_point()} for _ in range(5)]
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.8), use_buffers=True)
+    ours = weight_average(model, decay=0.8)
+    for number, values in enumerate(steps):
+        model.load_state_dict(values, strict=False)
+        if number == 2:  # interrupted: a fresh average from the saved state carries on
+            saved = ours.state_dict()
+            ours = weight_average(torch.nn.Sequential(torch.nn.Linear(3, 4),
+                                                      torch.nn.BatchNorm1d(4)), decay=0.8)
+            ours.load_state_dict(saved)
+        reference.update_parameters(model)
+        ours.update_parameters(model)
+    for name, value in reference.state_dict().items():
+        assert torch.allclose(ours.state_dict()[name], value.to(ours.state_dict()[name].dtype)), name
+    assert int(ours.n_averaged) == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from fakes import write_digit_pair
 
 from transferkit import DomainAdapter
 from transferkit.cli import main
-from transferkit.data.pairs import DomainPair, load_pair
+from transferkit.data.pairs import load_pair
 from transferkit.errors import TransferkitError
 from transferkit.selection import reverse_pair, reverse_validation
 
@@ -34,7 +35,7 @@ def test_reverse_pair_trains_on_pseudo_labels_and_scores_on_source_never_target_
     assert _same_rows(backwards.target_test.images, pair.source_test.images)
     assert backwards.source_test is None and backwards.target == "mnist"
     # Without a source test split, a held-out tenth of source train is scored, unseen in training.
-    no_test = DomainPair(**{**pair.__dict__, "source_test": None})
+    no_test = dataclasses.replace(pair, source_test=None)
     held = reverse_pair(no_test, pseudo, seed=3)
     assert len(held.target_test) == len(pair.source_train) // 10
     assert len(held.target_train) + len(held.target_test) == len(pair.source_train)

@@ -9,7 +9,7 @@ subtracted per batch by :meth:`DomainPair.normalize`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -81,6 +81,8 @@ class DomainPair:
     target_train: DomainSplit
     target_test: DomainSplit
     mean: torch.Tensor  # per-channel mean of source and target training pixels, in [0, 1]
+    _means: dict[torch.device, torch.Tensor] = field(default_factory=dict, init=False,
+                                                     repr=False, compare=False)
 
     @property
     def image_size(self) -> int:
@@ -88,7 +90,9 @@ class DomainPair:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W → float in [0, 1] minus the pair's mean (on the images' device)."""
-        mean = self.mean.to(images.device).view(1, -1, 1, 1)
+        mean = self._means.get(images.device)
+        if mean is None:  # one copy per device: a per-batch host → GPU copy would block
+            mean = self._means[images.device] = self.mean.to(images.device).view(1, -1, 1, 1)
         return images.float().div_(255.0).sub_(mean)
 
 

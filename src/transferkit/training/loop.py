@@ -9,6 +9,11 @@ interrupted run resumes where its last epoch ended.
 With ``average`` (see :func:`weight_average`) the loop also keeps an exponential moving
 average of the weights, updated after every step, evaluated on the monitor split each epoch
 and checkpointed with the rest.
+
+Nothing inside a step waits for the device: losses are summed on the device and read once
+per epoch (and every 20th step for the progress bar), and the weight average keeps its step
+count on the host. On a GPU the small digit networks are bound by kernel launches, and each
+wait would empty the queue.
 """
 
 from __future__ import annotations
@@ -87,13 +92,52 @@ def _epoch_indices(size: int, count: int, generator: torch.Generator) -> torch.T
     return torch.cat(passes)[:count]
 
 
+class _HostCountedAverage(AveragedModel):
+    """:class:`AveragedModel` whose update never waits for the device.
+
+    The parent compares its ``n_averaged`` buffer with zero on every update, which copies it
+    to the host: one device synchronisation per step. Here a host copy of the count decides
+    whether to copy or to average; the buffer is still kept (and checkpointed) as before, so
+    state dicts are unchanged.
+    """
+
+    def __init__(self, method: Method, decay: float) -> None:
+        super().__init__(method, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self._averaging = get_ema_multi_avg_fn(decay)
+        self._host_count: int | None = 0
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().load_state_dict(*args, **kwargs)
+        self._host_count = None  # read from the loaded buffer at the next update
+        return result
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        if self._host_count is None:
+            self._host_count = int(self.n_averaged)
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        if self._host_count == 0:
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(theirs)
+        else:
+            floating = [(a, c) for a, c in zip(averaged, current, strict=True)
+                        if a.is_floating_point()]
+            self._averaging([a for a, _ in floating], [c for _, c in floating], None)
+            for mine, theirs in zip(averaged, current, strict=True):
+                if not mine.is_floating_point():
+                    mine.copy_(theirs)
+        self.n_averaged += 1
+        self._host_count += 1
+
+
 def weight_average(method: Method, decay: float) -> AveragedModel:
     """An exponential moving average of ``method``'s weights: after each step
     w̄ ← decay · w̄ + (1 − decay) · w (the first step copies w). Its ``module`` is a
     :class:`Method` like ``method``, to evaluate or save."""
     if not 0.0 < decay < 1.0:
         raise ValueError(f"weight-average decay must lie strictly between 0 and 1, got {decay}")
-    return AveragedModel(method, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return _HostCountedAverage(method, decay)
 
 
 def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | None = None,
@@ -139,7 +183,7 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
         labelled_order = _epoch_indices(len(labelled), count, generator).to(device)
         target_order = (_epoch_indices(len(target), count, generator).to(device)
                         if target is not None else None)
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, torch.Tensor | float] = defaultdict(float)
         data_seconds = 0.0
         started = time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"{method.name} epoch {epoch + 1}/{config.epochs}",
@@ -165,15 +209,17 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
             optimizer.step()
             if average is not None:
                 average.update_parameters(method)
-            for key, value in values.items():
-                sums[key] += float(value.detach())
+            for key, value in values.items():  # summed where they are: no wait per step
+                sums[key] = sums[key] + value.detach().double()
             if progress and step % 20 == 0:
-                bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()
+                bar.set_postfix({k: f"{float(v) / (step + 1):.3f}" for k, v in sums.items()
                                  if k != "grl_coefficient"})
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the clock stops when the device's work is done
         seconds = time.perf_counter() - started
         images_per_step = batch * (2 if target is not None else 1)
         record: dict[str, Any] = {"epoch": epoch + 1}
-        record.update({k: v / steps_per_epoch for k, v in sums.items()})
+        record.update({k: float(v) / steps_per_epoch for k, v in sums.items()})
         record.update({
             "learning_rate": learning_rate,
             "seconds": seconds,

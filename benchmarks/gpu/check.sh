@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# GPU check, first of two calls on a lent GPU machine (see README.md beside this file).
+# Runs the CUDA tests and a plain PyTorch DANN step on the GPU; needs no data set.
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name(), torch.backends.cudnn.version())"
+nproc
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_adaptation_parts.py 2>&1 | tee "$OUT/pytest.log" | tail -15
+python3 - <<'PY' 2>&1 | tee "$OUT/plain_step.txt"
+import statistics, sys
+sys.path.insert(0, "benchmarks")
+import step_throughput as s
+rates = [s.plain_rate(1000, "cuda") for _ in range(3)]
+print(f"plain PyTorch DANN step on cuda: median {statistics.median(rates):.0f} images/s "
+      f"(runs: {', '.join(f'{r:.0f}' for r in rates)})")
+PY
+ls .gpu1 >/dev/null && du -sh .gpu1

@@ -1,0 +1,69 @@
+"""The training path on a CUDA device: skipped where there is none (CI has none).
+
+Run on a GPU machine with ``python -m pytest tests/test_cuda.py``. The CPU path is the
+reference: the same seed on both devices computes the same function (up to TF32 and kernel
+order), and a model trained on the GPU loads and predicts on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from fakes import write_digit_pair
+
+from transferkit import DomainAdapter
+from transferkit.models import gradient_reversal
+from transferkit.training.loop import run_batches
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture
+def digit_root(tmp_path):
+    return write_digit_pair(tmp_path / "data")
+
+
+def test_gradient_reversal_on_cuda_is_minus_lambda_times_the_gradient():
+    x = torch.randn(16, 8, device="cuda", requires_grad=True)
+    incoming = torch.randn(16, 8, device="cuda")
+    gradient_reversal(x, 0.37).backward(incoming)
+    assert torch.equal(x.grad, -0.37 * incoming)
+
+
+def _fit(device: str, run_dir, digit_root, **extra) -> DomainAdapter:
+    return DomainAdapter(method="dann", epochs=2, steps_per_epoch=4, device=device, seed=3,
+                         run_dir=run_dir, data_root=digit_root, progress=False,
+                         **extra).fit("mnist", "mnist_m")
+
+
+def test_cuda_training_matches_the_cpu_run_of_the_same_seed(digit_root, tmp_path):
+    torch.backends.cudnn.allow_tf32 = False  # compare float32 with float32
+    try:
+        on_gpu = _fit("cuda", tmp_path / "gpu", digit_root, ema_decay=0.9)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    on_cpu = _fit("cpu", tmp_path / "cpu", digit_root, ema_decay=0.9)
+    gpu_lines, cpu_lines = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl")
+                             .read_text().splitlines()] for name in ("gpu", "cpu"))
+    for gpu, cpu in zip(gpu_lines, cpu_lines, strict=True):
+        for key in ("loss", "class_loss", "domain_loss"):
+            assert gpu[key] == pytest.approx(cpu[key], rel=1e-4), key
+    gpu_weights = {k: v.cpu() for k, v in on_gpu.model_.state_dict().items()}
+    for name, value in on_cpu.model_.state_dict().items():
+        assert torch.allclose(gpu_weights[name], value, atol=1e-5), name
+    results = json.loads((tmp_path / "gpu" / "metrics.json").read_text())
+    assert results["device"].startswith("cuda") and results["peak_memory_mb"] > 0
+
+
+def test_a_model_trained_on_cuda_loads_and_predicts_on_the_cpu(digit_root, tmp_path):
+    on_gpu = _fit("cuda", tmp_path / "run", digit_root)
+    images = on_gpu.pair_.target_test.images
+    gpu_logits = run_batches(on_gpu.model_, images, on_gpu.pair_)
+    assert next(on_gpu.model_.parameters()).is_cuda
+    reopened = DomainAdapter.load(tmp_path / "run", data_root=digit_root, device="cpu",
+                                  progress=False)
+    cpu_logits = run_batches(reopened.model_, images, reopened.pair_)
+    assert torch.allclose(gpu_logits, cpu_logits, atol=1e-3)
+    assert torch.equal(reopened.predict(images), gpu_logits.argmax(1))
