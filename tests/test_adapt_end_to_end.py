@@ -184,6 +184,43 @@ def test_benchmark_runs_side_by_side_with_jobs_and_sa_reuses_the_source_only_net
     assert "--jobs 0" in capsys.readouterr().err
 
 
+def test_benchmark_report_only_tables_finished_runs_made_elsewhere_and_trains_nothing(
+        digit_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bench"
+    made = ["benchmark", "ganin2016", "--pairs", "mnist:mnist_m", "--methods", "source_only",
+            "--seeds", "2", "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out),
+            "--data-root", str(digit_root)]
+    assert main(made) == 0
+    runs = out / "mnist-mnist_m" / "source_only"
+    recorded = json.loads((runs / "seed0" / "metrics.json").read_text())["machine"]
+    assert "torch " in recorded
+    (runs / "seed1" / "metrics.json").unlink()  # seed 1 did not finish where the runs were made
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--report-only must not train")
+
+    monkeypatch.setattr(DomainAdapter, "fit", refuse)
+    report_args = ["benchmark", "ganin2016", "--pairs", "mnist:mnist_m", "--seeds", "2",
+                   "--epochs", "1", "--quiet", "--out", str(out), "--report-only"]
+    capsys.readouterr()
+    assert main(report_args) == 0  # no data root: the report reads no data
+    report = json.loads((out / "results.json").read_text())
+    (row,) = report["rows"]  # the other methods have no finished run: "not run" in the table
+    assert row["method"] == "source_only" and row["seeds"] == [0] and len(row["accuracies"]) == 1
+    assert report["machine"] == recorded  # the machine the runs name, not this one's jobs line
+    table = (out / "table.md").read_text()
+    assert "(1 seed)" in table and "not run" in table
+    assert main([*report_args, "--machine", "a lent GPU machine"]) == 0
+    assert "Machine: a lent GPU machine." in (out / "table.md").read_text()
+    # runs that do not say where they ran need --machine
+    finished = runs / "seed0" / "metrics.json"
+    finished.write_text(json.dumps({k: v for k, v in json.loads(finished.read_text()).items()
+                                    if k != "machine"}))
+    assert main(report_args) == 2
+    assert "--machine" in capsys.readouterr().err
+    assert main([*made[:-4], "--machine", "x"]) == 2  # --machine without --report-only
+
+
 def test_adapt_rejects_an_unknown_method_with_exit_code_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["adapt", "--method", "magic", "--source", "mnist", "--target", "mnist_m"])

@@ -26,7 +26,7 @@ from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
 from transferkit.models import NETWORKS, DigitNetwork
 from transferkit.names import GEOMETRIES
-from transferkit.training.device import resolve_device
+from transferkit.training.device import describe_machine, resolve_device
 from transferkit.training.loop import TrainConfig, evaluate, fit, run_batches, weight_average
 
 # The paper's network and input size for each of its pairs (Ganin et al. 2016, §5.2).
@@ -318,6 +318,7 @@ class DomainAdapter:
             "epochs": self.config.epochs,
             "wall_seconds": self.wall_seconds_,
             "device": str(self.device_),
+            "machine": describe_machine(self.device_),
             "threads": torch.get_num_threads(),
             "network": self.network,
             "image_size": self.pair_.image_size,

@@ -7,6 +7,7 @@ User errors (bad arguments, missing or corrupt data) print one line on stderr an
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,10 +167,14 @@ def _benchmark(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise TransferkitError(f"--jobs {args.jobs}: expected a positive number")
     out = Path(args.out or f"runs/{protocol.name}")
-    command = "transferkit " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
+    command = "transferkit " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
+    if args.machine is not None and not args.report_only:
+        raise TransferkitError("--machine describes runs made elsewhere: use it with "
+                               "--report-only")
     options = RunOptions(seeds=args.seeds, epochs=args.epochs, device=args.device,
                          data_root=args.data_root, progress=not args.quiet,
-                         oracle_seeds=args.oracle_seeds, jobs=args.jobs)
+                         oracle_seeds=args.oracle_seeds, jobs=args.jobs,
+                         report_only=args.report_only, machine=args.machine)
     run_protocol(protocol, [by_key[k] for k in pair_keys], methods, out, options, command)
     print((out / "table.md").read_text())
     print(f"results: {out / 'results.json'}, {out / 'table.md'}")
@@ -508,6 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", metavar="DIR", help="output folder (default runs/PROTOCOL)")
     bench.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.add_argument("--report-only", action="store_true",
+                       help="ganin2016: train nothing; write results.json and table.md from the "
+                            "runs already finished in --out (each row says how many seeds), "
+                            "e.g. runs made on a GPU machine and copied here")
+    bench.add_argument("--machine", metavar="TEXT",
+                       help="with --report-only: the machine the runs ran on, for the report "
+                            "(default: the one machine the runs record)")
     bench.set_defaults(run=_benchmark)
     return parser
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import platform
 import queue
 import statistics
 from dataclasses import dataclass, replace
@@ -34,26 +33,19 @@ class RunOptions:
     progress: bool = True
     oracle_seeds: int | None = None  # seeds of the train-on-target reference (default: seeds)
     jobs: int = 1  # runs at a time, in worker processes that share the machine's threads
+    report_only: bool = False  # train nothing: report the finished runs found in the folder
+    machine: str | None = None  # the report's machine line (default: this machine, or the runs')
 
 
 def _machine(jobs: int = 1) -> str:
-    import torch
+    from transferkit.training.device import describe_machine
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu_and_torch = describe_machine()
+    cpu, rest = cpu_and_torch.split(", torch ", 1)
     threads = _threads_per_job(jobs)
     plural = "s" if threads != 1 else ""
     runs = f"{jobs} runs at a time × " if jobs > 1 else ""
-    text = f"{cpu}, {runs}{threads} thread{plural}, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
+    return f"{cpu}, {runs}{threads} thread{plural}, torch {rest}"
 
 
 def _pair_available(pair: PairProtocol, data_root: str | None) -> str | None:
@@ -183,6 +175,28 @@ def run_parallel(pairs: list[PairProtocol], methods: list[str], out: Path,
                       f"({value['wall_seconds']:.0f} s)")
 
 
+def _finished(out: Path, pair: PairProtocol, method: str, seed: int) -> bool:
+    return (_run_dir(out, pair, method, seed) / "metrics.json").is_file()
+
+
+def _recorded_machine(pairs: list[PairProtocol], methods: list[str], out: Path,
+                      options: RunOptions) -> str:
+    """The machine line of a report of finished runs: ``options.machine`` if given, else the
+    one machine every run recorded (runs made before runs recorded it need ``--machine``)."""
+    if options.machine:
+        return options.machine
+    recorded = {json.loads((_run_dir(out, p, m, k) / "metrics.json").read_text()).get("machine")
+                for p in pairs for m in methods for k in _task_seeds(m, options)
+                if _finished(out, p, m, k)}
+    if not recorded:
+        raise TransferkitError(f"{out}: no finished runs to report (expected "
+                               "PAIR/METHOD/seedK/metrics.json folders)")
+    if len(recorded) != 1 or None in recorded:
+        raise TransferkitError(f"{out}: the runs do not name one machine they ran on; "
+                               "describe it with --machine")
+    return recorded.pop()
+
+
 def summarize(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -192,8 +206,11 @@ def summarize(values: list[float]) -> tuple[float | None, float | None]:
 def run_protocol(protocol: Protocol, pairs: list[PairProtocol], methods: list[str], out: Path,
                  options: RunOptions, command: str = "") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    missing_by_pair = {pair.key: _pair_available(pair, options.data_root) for pair in pairs}
-    if options.jobs > 1:
+    missing_by_pair = {pair.key: None if options.report_only  # reports runs, reads no data
+                       else _pair_available(pair, options.data_root) for pair in pairs}
+    if options.report_only:
+        options = replace(options, machine=_recorded_machine(pairs, methods, out, options))
+    elif options.jobs > 1:
         run_parallel([p for p in pairs if missing_by_pair[p.key] is None], methods, out, options)
     rows = []
     for pair in pairs:
@@ -207,14 +224,18 @@ def run_protocol(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
                 row.update(status="data missing", detail=missing)
                 rows.append(row)
                 continue
-            seeds = len(_task_seeds(method, options))
-            runs = [run_one(pair, method, seed, out, options) for seed in range(seeds)]
+            seeds = list(_task_seeds(method, options))
+            if options.report_only:  # the seeds that finished, wherever they ran
+                seeds = [k for k in seeds if _finished(out, pair, method, k)]
+                if not seeds:
+                    continue  # the table says "not run"
+            runs = [run_one(pair, method, seed, out, options) for seed in seeds]
             accuracies = [r["target_test_accuracy"] for r in runs]
             mean, std = summarize(accuracies)
             rates = [r["images_per_second"] for r in runs if r.get("images_per_second")]
             row.update(
                 status="measured", accuracies=accuracies, mean=mean, std=std,
-                seeds=list(range(seeds)), epochs=runs[0]["epochs"],
+                seeds=seeds, epochs=runs[0]["epochs"],
                 selected_by=runs[0]["selected_by"], oracle=runs[0]["oracle"],
                 source_test_accuracy=summarize(
                     [r["source_test_accuracy"] for r in runs if r["source_test_accuracy"]])[0],
@@ -245,7 +266,8 @@ def _write(protocol: Protocol, pairs: list[PairProtocol], methods: list[str],
     from transferkit.benchmarks.table import render_table
 
     report = {"protocol": protocol.name, "title": protocol.title, "command": command,
-              "machine": _machine(options.jobs), "seeds": options.seeds, "rows": rows}
+              "machine": options.machine or _machine(options.jobs), "seeds": options.seeds,
+              "rows": rows}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "table.md").write_text(render_table(protocol, pairs, methods, report))
     return report

@@ -1,6 +1,9 @@
-"""Pick the device: ``auto`` is CUDA when available, else the CPU."""
+"""Pick the device: ``auto`` is CUDA when available, else the CPU; and name the machine."""
 
 from __future__ import annotations
+
+import platform
+from pathlib import Path
 
 import torch
 
@@ -15,3 +18,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TransferkitError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
+
+
+def describe_machine(device: torch.device | None = None) -> str:
+    """The processor's model name and torch's version, and the GPU's name when ``device`` is
+    CUDA (or, with no device given, when one is present): what a measurement ran on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, torch {torch.__version__}"
+    on_gpu = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_gpu:
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return text
