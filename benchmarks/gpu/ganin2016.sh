@@ -5,8 +5,9 @@
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 D=.gpudata
-[ -f .gpu1/train.zip.a ] || { echo "first half of mnist_m/train.zip missing (.gpu1): the machine is not the one check.sh ran on"; exit 3; }
-mkdir -p $D/mnist_m && cp -r .gpu1/mnist $D/ && cat .gpu1/train.zip.a .gpu2/train.zip.b > $D/mnist_m/train.zip \
+H=/tmp/transferkit-gpu  # the first half, left there by check.sh
+[ -f $H/train.zip.a ] || { echo "$H/train.zip.a missing: the machine is not the one check.sh ran on"; exit 3; }
+mkdir -p $D/mnist_m && cp -r $H/mnist $D/ && cat $H/train.zip.a .gpu2/train.zip.b > $D/mnist_m/train.zip \
   && cp .gpu2/test.zip $D/mnist_m/ && cp .gpu2/SHA256SUMS $D/ || exit 4
 (cd $D && sha256sum -c --ignore-missing SHA256SUMS) || exit 5
 DEV=${DEV:-cuda}  # DEV=cpu EPOCHS=1 STEPS=20 tries the script's flow on a machine without a GPU
