@@ -40,12 +40,10 @@ class RunOptions:
 def _machine(jobs: int = 1) -> str:
     from transferkit.training.device import describe_machine
 
-    cpu_and_torch = describe_machine()
-    cpu, rest = cpu_and_torch.split(", torch ", 1)
     threads = _threads_per_job(jobs)
     plural = "s" if threads != 1 else ""
     runs = f"{jobs} runs at a time × " if jobs > 1 else ""
-    return f"{cpu}, {runs}{threads} thread{plural}, torch {rest}"
+    return describe_machine(threads=f"{runs}{threads} thread{plural}")
 
 
 def _pair_available(pair: PairProtocol, data_root: str | None) -> str | None:

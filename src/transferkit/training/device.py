@@ -20,19 +20,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def describe_machine(device: torch.device | None = None) -> str:
-    """The processor's model name and torch's version, and the GPU's name when ``device`` is
-    CUDA (or, with no device given, when one is present): what a measurement ran on."""
-    cpu = platform.processor() or platform.machine()
+def processor_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    text = f"{cpu}, torch {torch.__version__}"
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(device: torch.device | None = None, threads: str = "") -> str:
+    """What a measurement ran on: the processor, ``threads`` (a phrase such as "2 threads",
+    if given), torch's version, and the GPU's name when ``device`` is CUDA (or, with no device
+    given, when one is present)."""
+    parts = [processor_name(), *([threads] if threads else []), f"torch {torch.__version__}"]
     on_gpu = device.type == "cuda" if device is not None else torch.cuda.is_available()
     if on_gpu:
-        text += f", GPU {torch.cuda.get_device_name(device)}"
-    return text
+        parts.append(f"GPU {torch.cuda.get_device_name(device)}")
+    return ", ".join(parts)
