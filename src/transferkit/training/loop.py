@@ -103,7 +103,6 @@ class _HostCountedAverage(AveragedModel):
 
     def __init__(self, method: Method, decay: float) -> None:
         super().__init__(method, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self._averaging = get_ema_multi_avg_fn(decay)
         self._host_count: int | None = 0
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
@@ -123,7 +122,7 @@ class _HostCountedAverage(AveragedModel):
         else:
             floating = [(a, c) for a, c in zip(averaged, current, strict=True)
                         if a.is_floating_point()]
-            self._averaging([a for a, _ in floating], [c for _, c in floating], None)
+            self.multi_avg_fn([a for a, _ in floating], [c for _, c in floating], None)
             for mine, theirs in zip(averaged, current, strict=True):
                 if not mine.is_floating_point():
                     mine.copy_(theirs)
