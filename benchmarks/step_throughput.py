@@ -100,11 +100,11 @@ def main() -> None:
                         help="folder holding mnist/ and mnist_m/ (default: the data root)")
     args = parser.parse_args()
     from transferkit.data import load_pair
+    from transferkit.training.device import describe_machine
 
     pair = load_pair("mnist", "mnist_m", size=28, binarize_source=True, data_root=args.data_root)
-    where = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-             else f"{torch.get_num_threads()} CPU threads")
-    print(f"torch {torch.__version__}, {where}")
+    print(describe_machine(torch.device(args.device),
+                           threads=f"{torch.get_num_threads()} CPU threads"))
     for name, measure in (("plain PyTorch step", lambda: plain_rate(args.steps, args.device)),
                           ("transferkit fit (DANN)",
                            lambda: transferkit_rate(pair, args.steps, device=args.device)),
