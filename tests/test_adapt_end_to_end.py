@@ -127,6 +127,10 @@ def test_subspace_alignment_records_its_subspace_choice(digit_root):
     results = adapter.results()
     assert results["selected_by"] == "last_epoch; subspace size by source_validation"
     assert results["sa_dimension"] in results["sa_source_validation"]
+    assert results["sa_features"] == "label_predictor_last_hidden"
+    oracle = results["sa_oracle_target_test"]  # every size's target accuracy, for reports
+    assert set(oracle) == set(results["sa_source_validation"])
+    assert oracle[results["sa_dimension"]] == results["target_test_accuracy"]
 
 
 def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, tmp_path,
@@ -180,6 +184,13 @@ def test_benchmark_runs_side_by_side_with_jobs_and_sa_reuses_the_source_only_net
     for seed in (0, 1):  # SA waited for, and aligned, the network of its source-only run
         sa = json.loads((out / "mnist-mnist_m" / "sa" / f"seed{seed}" / "metrics.json").read_text())
         assert sa["sa_features_from"].endswith(f"source_only/seed{seed}/model.safetensors")
+    # an SA run that aligned another layer (made before SA recorded which) is another run
+    config_path = out / "mnist-mnist_m" / "sa" / "seed0" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["sa_features"]
+    config_path.write_text(json.dumps(config))
+    assert main(args) == 2
+    assert "sa_features=None there, 'label_predictor_last_hidden' here" in capsys.readouterr().err
     assert main(["benchmark", "ganin2016", "--jobs", "0"]) == 2
     assert "--jobs 0" in capsys.readouterr().err
 

@@ -95,6 +95,40 @@ def test_subspace_alignment_classifies_a_shifted_scaled_and_tilted_target():
     assert alignment.validation_accuracy[alignment.selected_dimension] == max(
         alignment.validation_accuracy.values())
     assert (alignment.predict(target) == target_labels).mean() > 0.9
+    # source data is projected as the classifier was trained (X_a), not as target data (X_T)
+    source_val_accuracy = (alignment.predict(source[500:], "source") == labels[500:]).mean()
+    assert source_val_accuracy == alignment.validation_accuracy[alignment.selected_dimension]
+    by_size = alignment.accuracy_by_dimension(target, target_labels)
+    assert set(by_size) == {2, 3, 5}
+    assert by_size[alignment.selected_dimension] == (alignment.predict(target)
+                                                     == target_labels).mean()
+    with pytest.raises(ValueError, match="dimension 4"):
+        alignment.predict(target, dimension=4)
+
+
+def test_subspace_alignment_defaults_to_the_papers_sizes_and_breaks_ties_small():
+    from transferkit.methods.subspace_alignment import PAPER_DIMENSIONS
+
+    assert tuple(range(2, 61)) == PAPER_DIMENSIONS
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 100)
+    source = rng.normal(0, 1, (200, 6))
+    source[:, :3] += 8 * labels[:, None]  # the first principal axis separates the classes
+    alignment = SubspaceAlignment(candidate_dimensions=(4, 2, 3), seed=0)
+    alignment.fit(source, labels, source + 1.0, source, labels)
+    assert set(alignment.validation_accuracy.values()) == {1.0}
+    assert alignment.selected_dimension == 2
+
+
+def test_hidden_is_the_label_predictors_input_to_its_last_layer():
+    from transferkit.models import DigitNetwork
+
+    torch.manual_seed(0)
+    network = DigitNetwork("mnist", 10).eval()
+    images = torch.randn(4, 3, 28, 28)
+    hidden = network.hidden(images)
+    assert hidden.shape == (4, 100) and bool((hidden >= 0).all())  # after the ReLU
+    torch.testing.assert_close(network.label_predictor[-1](hidden), network(images))
 
 
 def test_dann_domain_loss_is_the_joint_mean_or_the_sum_of_the_domain_means():

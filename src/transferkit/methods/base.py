@@ -43,3 +43,6 @@ class Method(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.network.features(images)
+
+    def hidden(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.hidden(images)

@@ -123,3 +123,8 @@ class DigitNetwork(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits."""
         return self.label_predictor(self.features(images))
+
+    def hidden(self, images: torch.Tensor) -> torch.Tensor:
+        """The label predictor's last hidden layer (after its ReLU), before the final linear
+        classifier: the descriptors the DANN paper aligns for its SA baseline (§5.2.1)."""
+        return self.label_predictor[:-1](self.features(images))

@@ -64,14 +64,20 @@ def _to_device(split: DomainSplit, device: torch.device) -> DomainSplit:
                        split.labels.to(device))
 
 
+OUTPUTS = ("logits", "features", "hidden")
+
+
 @torch.no_grad()
-def run_batches(method: Method, images: torch.Tensor, pair: DomainPair, features: bool = False,
+def run_batches(method: Method, images: torch.Tensor, pair: DomainPair, output: str = "logits",
                 batch_size: int = 1024) -> torch.Tensor:
-    """Logits (or feature-extractor outputs) of uint8 images, batch by batch, on the CPU."""
+    """One output of uint8 images, batch by batch, returned on the CPU: ``logits``, the feature
+    extractor's ``features``, or the label predictor's last ``hidden`` layer."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output {output!r}: expected one of {', '.join(OUTPUTS)}")
     was_training = method.training
     method.eval()
     device = next(method.parameters()).device
-    forward = method.features if features else method
+    forward = {"logits": method, "features": method.features, "hidden": method.hidden}[output]
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = pair.normalize(images[start : start + batch_size].to(device))
