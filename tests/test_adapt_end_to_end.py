@@ -184,6 +184,13 @@ def test_benchmark_runs_side_by_side_with_jobs_and_sa_reuses_the_source_only_net
     for seed in (0, 1):  # SA waited for, and aligned, the network of its source-only run
         sa = json.loads((out / "mnist-mnist_m" / "sa" / f"seed{seed}" / "metrics.json").read_text())
         assert sa["sa_features_from"].endswith(f"source_only/seed{seed}/model.safetensors")
+    # the paper's oracle choice of SA's size is reported beside ours, never as our row
+    oracle = rows["sa"]["sa_oracle"]
+    assert oracle["mean"] >= rows["sa"]["mean"] and len(oracle["dimensions"]) == 2
+    for seed, accuracy in enumerate(oracle["accuracies"]):
+        sa = json.loads((out / "mnist-mnist_m" / "sa" / f"seed{seed}" / "metrics.json").read_text())
+        assert accuracy == max(sa["sa_oracle_target_test"].values())
+    assert "as the paper chose it" in (out / "table.md").read_text()
     # an SA run that aligned another layer (made before SA recorded which) is another run
     config_path = out / "mnist-mnist_m" / "sa" / "seed0" / "config.json"
     config = json.loads(config_path.read_text())
