@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from transferkit.methods import SubspaceAlignment
 from transferkit.models import NETWORKS, DigitNetwork, GradientReversal, gradient_reversal
@@ -104,6 +105,11 @@ def test_subspace_alignment_classifies_a_shifted_scaled_and_tilted_target():
                                                      == target_labels).mean()
     with pytest.raises(ValueError, match="dimension 4"):
         alignment.predict(target, dimension=4)
+    assert alignment.not_converged == []
+    with pytest.warns(ConvergenceWarning, match=r"sizes \[2, 3, 5\]") as caught:
+        SubspaceAlignment(candidate_dimensions=(2, 3, 5), max_iter=1).fit(
+            source[:500], labels[:500], target, source[500:], labels[500:])
+    assert len(caught) == 1  # one warning for the fit, not one per size
 
 
 def test_subspace_alignment_defaults_to_the_papers_sizes_and_breaks_ties_small():

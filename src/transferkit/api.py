@@ -347,6 +347,8 @@ class DomainAdapter:
             record["sa_features"] = SA_FEATURES
             record["sa_dimension"] = self.alignment_.selected_dimension
             record["sa_source_validation"] = self.alignment_.validation_accuracy
+            if self.alignment_.not_converged:
+                record["sa_not_converged"] = self.alignment_.not_converged
             # The paper chose d on the target test set; every size's target-test accuracy is
             # kept so a report can show that oracle beside the honest choice. Not used above.
             test = self.pair_.target_test

@@ -22,10 +22,12 @@ beside the honest one, labelled as such.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 PAPER_DIMENSIONS = tuple(range(2, 61))  # "{2, . . . , 60}", Ganin et al. 2016, §5.2.1
@@ -42,12 +44,15 @@ def _standardize(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class SubspaceAlignment:
     candidate_dimensions: tuple[int, ...] = PAPER_DIMENSIONS
     regularization: float = 1.0
+    max_iter: int = 500  # of the logistic regression's solver
     seed: int = 0
     selected_dimension: int | None = None
     validation_accuracy: dict[int, float] = field(default_factory=dict)
+    not_converged: list[int] = field(default_factory=list)  # sizes whose fit hit max_iter
 
     def fit(self, source: np.ndarray, labels: np.ndarray, target: np.ndarray,
             source_val: np.ndarray, source_val_labels: np.ndarray) -> SubspaceAlignment:
+        self.validation_accuracy, self.not_converged = {}, []
         self._source_stats = _standardize(source)
         self._target_stats = _standardize(target)
         source_z = self._z(source, "source")
@@ -62,11 +67,19 @@ class SubspaceAlignment:
         for d in dimensions:
             source_basis, target_basis = source_basis_full[:, :d], target_basis_full[:, :d]
             aligned = source_basis @ (source_basis.T @ target_basis)
-            classifier = LogisticRegression(C=self.regularization, max_iter=500)
-            classifier.fit(source_z @ aligned, labels)
+            classifier = LogisticRegression(C=self.regularization, max_iter=self.max_iter)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                classifier.fit(source_z @ aligned, labels)
+            if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+                self.not_converged.append(d)
             self._fitted[d] = (aligned, target_basis, classifier)
             self.validation_accuracy[d] = float(classifier.score(val_z @ aligned,
                                                                  source_val_labels))
+        if self.not_converged:  # one warning, not one per size
+            warnings.warn(f"Subspace Alignment: the logistic regression stopped at its "
+                          f"iteration limit for sizes {self.not_converged} (kept as they are)",
+                          ConvergenceWarning, stacklevel=2)
         # the best source-validation accuracy; the smaller size on a tie
         self.selected_dimension = max(dimensions, key=lambda d: (self.validation_accuracy[d], -d))
         return self
