@@ -121,10 +121,19 @@ def test_target_only_is_marked_oracle(digit_root):
     assert adapter.results()["oracle"] is True
 
 
-def test_subspace_alignment_records_its_subspace_choice(digit_root):
+def test_subspace_alignment_records_its_subspace_choice(digit_root, tmp_path):
     adapter = DomainAdapter(method="sa", epochs=1, steps_per_epoch=2, device="cpu",
-                            data_root=digit_root, progress=False).fit("mnist", "mnist_m")
+                            run_dir=tmp_path / "sa", data_root=digit_root,
+                            progress=False).fit("mnist", "mnist_m")
     results = adapter.results()
+    reopened = DomainAdapter.load(tmp_path / "sa", data_root=digit_root, progress=False)
+    assert reopened.score() == results["target_test_accuracy"]  # the alignment refitted alike
+    assert reopened.score("source_test") == results["source_test_accuracy"]
+    config = json.loads((tmp_path / "sa" / "config.json").read_text())
+    del config["sa_features"]  # as an SA run of an older transferkit
+    (tmp_path / "sa" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TransferkitError, match="feature extractor's output"):
+        DomainAdapter.load(tmp_path / "sa", data_root=digit_root, progress=False)
     assert results["selected_by"] == "last_epoch; subspace size by source_validation"
     assert results["sa_dimension"] in results["sa_source_validation"]
     assert results["sa_features"] == "label_predictor_last_hidden"

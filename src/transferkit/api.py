@@ -236,6 +236,12 @@ class DomainAdapter:
         if not weights_path.is_file():
             raise TransferkitError(f"{run}: no model.safetensors — expected the folder of a "
                                    "finished `transferkit adapt` run")
+        if config["method"] == "sa" and config.get("sa_features") != SA_FEATURES:
+            aligned = config.get("sa_features") or "the feature extractor's output"
+            raise TransferkitError(
+                f"{run}: an SA run that aligned {aligned} (an older transferkit); SA now aligns "
+                f"{SA_FEATURES} — fit it again with `transferkit adapt --method sa` into "
+                "another folder")
         settings = {key: config[key] for key in RUN_KEYS if key not in ("source", "target")}
         adapter = cls(**settings, device=device, data_root=data_root,
                       binarize_source=config.get("binarize_source", False),
