@@ -166,6 +166,9 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
     assert "mnist → mnist_m: weight average (EMA, decay 0.999) at the last epoch" in table
     assert "mnist → mnist_m, DANN: last-epoch weights" in table
     assert rows[("mnist", "dann")]["threads"] == [torch.get_num_threads()] * 2  # per run
+    picture = out / "accuracies.png"  # every seed beside the paper, for the measured pair
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(picture) in capsys.readouterr().out
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -175,6 +178,19 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
     # the same folder asked for another budget: the finished 1-epoch runs are not reported as 2
     assert main([*args[:args.index("--epochs") + 1], "2", *args[args.index("--epochs") + 2:]]) == 2
     assert "epochs=1 there, 2 here" in capsys.readouterr().err
+
+
+def test_accuracy_picture_is_not_drawn_without_a_measured_pair_nor_left_from_before(tmp_path):
+    from transferkit.benchmarks.plot import plot_accuracies
+    from transferkit.benchmarks.protocols import PROTOCOLS
+
+    protocol = PROTOCOLS["ganin2016"]
+    path = tmp_path / "accuracies.png"
+    path.write_bytes(b"an older picture")
+    report = {"rows": [{"source": "svhn", "target": "mnist", "method": "dann",
+                        "status": "data missing"}]}
+    assert plot_accuracies(protocol, list(protocol.pairs), ["dann"], report, path) is None
+    assert not path.exists()
 
 
 def test_benchmark_runs_side_by_side_with_jobs_and_sa_reuses_the_source_only_network(

@@ -177,7 +177,8 @@ def _benchmark(args: argparse.Namespace) -> int:
                          report_only=args.report_only, machine=args.machine)
     run_protocol(protocol, [by_key[k] for k in pair_keys], methods, out, options, command)
     print((out / "table.md").read_text())
-    print(f"results: {out / 'results.json'}, {out / 'table.md'}")
+    picture = f", {out / 'accuracies.png'}" if (out / "accuracies.png").is_file() else ""
+    print(f"results: {out / 'results.json'}, {out / 'table.md'}{picture}")
     return 0
 
 
@@ -487,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "benchmark", help="reproduce a paper's table (e.g. ganin2016)",
         description="Run every method x pair x seed of a protocol whose data is present and "
-                    "write OUT/results.json and OUT/table.md beside the paper's numbers. "
+                    "write OUT/results.json and OUT/table.md beside the paper's numbers "
+                    "(ganin2016: and OUT/accuracies.png, every seed beside the paper). "
                     "Finished runs are kept: an interrupted benchmark resumes.")
     bench.add_argument("protocol", choices=[*PROTOCOLS, "cats_vs_dogs", "advise"],
                        help="ganin2016 (DANN table); cats_vs_dogs (scratch / extract / fine-tune and "

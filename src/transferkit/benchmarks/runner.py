@@ -274,6 +274,7 @@ def _sa_oracle(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _write(protocol: Protocol, pairs: list[PairProtocol], methods: list[str],
            rows: list[dict[str, Any]], out: Path, options: RunOptions,
            command: str) -> dict[str, Any]:
+    from transferkit.benchmarks.plot import plot_accuracies
     from transferkit.benchmarks.table import render_table
 
     report = {"protocol": protocol.name, "title": protocol.title, "command": command,
@@ -281,4 +282,5 @@ def _write(protocol: Protocol, pairs: list[PairProtocol], methods: list[str],
               "rows": rows}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "table.md").write_text(render_table(protocol, pairs, methods, report))
+    plot_accuracies(protocol, pairs, methods, report, out / "accuracies.png")
     return report
