@@ -64,20 +64,20 @@ def _to_device(split: DomainSplit, device: torch.device) -> DomainSplit:
                        split.labels.to(device))
 
 
-OUTPUTS = ("logits", "features", "hidden")
+OUTPUTS = ("logits", "hidden")
 
 
 @torch.no_grad()
 def run_batches(method: Method, images: torch.Tensor, pair: DomainPair, output: str = "logits",
                 batch_size: int = 1024) -> torch.Tensor:
-    """One output of uint8 images, batch by batch, returned on the CPU: ``logits``, the feature
-    extractor's ``features``, or the label predictor's last ``hidden`` layer."""
+    """Logits (or, ``output="hidden"``, the label predictor's last hidden layer) of uint8
+    images, batch by batch, returned on the CPU."""
     if output not in OUTPUTS:
         raise ValueError(f"output {output!r}: expected one of {', '.join(OUTPUTS)}")
     was_training = method.training
     method.eval()
     device = next(method.parameters()).device
-    forward = {"logits": method, "features": method.features, "hidden": method.hidden}[output]
+    forward = method.hidden if output == "hidden" else method
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = pair.normalize(images[start : start + batch_size].to(device))
