@@ -62,7 +62,7 @@ def test_he_initialisation_keeps_the_signal_and_starts_every_relu_active():
     first = network.features[0]
     assert torch.all(first.bias == 0.1)
     fan_in = first.weight[0].numel()
-    assert float(first.weight.std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)
+    assert float(first.weight.detach().std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)
     images = torch.randn(64, 3, 32, 32)
     he_logits = network(images).std()
     torch.manual_seed(0)
