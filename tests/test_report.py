@@ -36,6 +36,24 @@ def test_report_of_an_adaptation_run_with_its_source_only_sibling(tmp_path, caps
     assert "Reverse validation (label-free): 0.8125" in page
 
 
+def test_report_of_an_sa_run_shows_sas_predictions_and_aligned_subspace(tmp_path, capsys):
+    from transferkit import DomainAdapter
+
+    root = write_digit_pair(tmp_path / "data")
+    runs = write_tiny_adapt_runs(root, tmp_path / "runs" / "mnist-mnist_m")
+    run = runs / "sa" / "seed0"
+    DomainAdapter(method="sa", epochs=1, steps_per_epoch=2, device="cpu", run_dir=run,
+                  data_root=root, progress=False,
+                  init_from=runs / "source_only" / "seed0" / "model.safetensors").fit("mnist", "mnist_m")
+    assert not (run / "metrics.jsonl").exists()  # SA trained nothing: no curves to draw
+    capsys.readouterr()
+    assert main(["report", str(run), "--samples", "30", "--data-root", str(root)]) == 0
+    page = (run / "report" / "report.html").read_text()
+    assert len(_images(page)) == 3  # confusion, samples, t-SNE
+    assert "aligned" in page and "source_only/seed0/model.safetensors" in page
+    assert "SA refitted here" not in page  # the refit predicts exactly as the run recorded
+
+
 def test_report_of_a_finetune_run(tmp_path, capsys):
     photos = write_two_class_data(tmp_path / "photos", {"train": 16, "val": 8, "test": 40})
     out = tmp_path / "run"

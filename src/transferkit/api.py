@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from transferkit.data.pairs import DomainPair, DomainSplit, held_out_tenth, load_pair, pair_of_run
 from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
-from transferkit.methods.subspace_alignment import SA_FEATURES
+from transferkit.methods.subspace_alignment import PAPER_DIMENSIONS, SA_FEATURES
 from transferkit.models import NETWORKS, DigitNetwork
 from transferkit.names import GEOMETRIES
 from transferkit.training.device import describe_machine, resolve_device
@@ -59,6 +59,25 @@ def default_network(source: str, target: str, num_classes: int) -> tuple[str, in
 def extract_features(model: Method, split: DomainSplit, pair: DomainPair) -> np.ndarray:
     """SA's descriptors of ``split``: the label predictor's last hidden layer (§5.2.1)."""
     return run_batches(model, split.images, pair, output="hidden").numpy()
+
+
+def fit_alignment(model: Method, pair: DomainPair, seed: int,
+                  dimensions: tuple[int, ...] = PAPER_DIMENSIONS) -> SubspaceAlignment:
+    """SA on ``model``'s hidden layer: source train and target train aligned, the size chosen
+    among ``dimensions`` on the source test split (or a held-out tenth of source train)."""
+    source = extract_features(model, pair.source_train, pair)
+    labels = pair.source_train.labels.numpy()
+    if pair.source_test is not None:
+        val, val_labels = extract_features(model, pair.source_test, pair), \
+            pair.source_test.labels.numpy()
+        train, train_labels = source, labels
+    else:  # hold out a tenth of the source for choosing the subspace size
+        kept, held = held_out_tenth(len(source), seed)
+        train, train_labels, val, val_labels = source[kept], labels[kept], source[held], \
+            labels[held]
+    target = extract_features(model, pair.target_train, pair)
+    return SubspaceAlignment(candidate_dimensions=dimensions, seed=seed).fit(
+        train, train_labels, target, val, val_labels)
 
 
 # Settings a run may change when it resumes; any other difference is another run.
@@ -259,19 +278,7 @@ class DomainAdapter:
         return adapter
 
     def _fit_alignment(self, pair: DomainPair) -> SubspaceAlignment:
-        source = extract_features(self.model_, pair.source_train, pair)
-        labels = pair.source_train.labels.numpy()
-        if pair.source_test is not None:
-            val, val_labels = extract_features(self.model_, pair.source_test, pair), \
-                pair.source_test.labels.numpy()
-            train, train_labels = source, labels
-        else:  # hold out a tenth of the source for choosing the subspace size
-            kept, held = held_out_tenth(len(source), self.config.seed)
-            train, train_labels, val, val_labels = source[kept], labels[kept], source[held], \
-                labels[held]
-        target = extract_features(self.model_, pair.target_train, pair)
-        return SubspaceAlignment(seed=self.config.seed).fit(train, train_labels, target, val,
-                                                            val_labels)
+        return fit_alignment(self.model_, pair, self.config.seed)
 
     # -- using the fitted model --------------------------------------------------------------
 

@@ -193,14 +193,30 @@ def adapt_network(run: Path, config: dict[str, Any], classes: int, trained: bool
 
 
 @torch.inference_mode()
-def features_and_predictions(network: Any, images: torch.Tensor, pair: Any) -> tuple[np.ndarray, np.ndarray]:
+def features_and_predictions(
+    network: Any, images: torch.Tensor, pair: Any, alignment: Any = None, domain: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The feature extractor's output and the predicted classes of ``images``. With an SA
+    ``alignment`` the features are the aligned subspace's coordinates and the classes SA's;
+    ``domain`` (0 source, 1 target per image; default all target) says how each is projected."""
     features, predictions = [], []
     for start in range(0, len(images), 512):
         x = pair.normalize(images[start : start + 512])
         f = network.features(x)
-        features.append(f.numpy())
+        features.append((f if alignment is None else network.label_predictor[:-1](f)).numpy())
         predictions.append(network.label_predictor(f).argmax(1).numpy())
-    return np.concatenate(features), np.concatenate(predictions)
+    features = np.concatenate(features)
+    if alignment is None:
+        return features, np.concatenate(predictions)
+    domain = np.ones(len(features), dtype=int) if domain is None else domain
+    projected = np.empty((len(features), alignment.selected_dimension))
+    classes = np.empty(len(features), dtype=np.int64)
+    for value, side in ((0, "source"), (1, "target")):
+        rows = domain == value
+        if rows.any():
+            projected[rows] = alignment.project(features[rows], side)
+            classes[rows] = alignment.predict(features[rows], side)
+    return projected, classes
 
 
 def _adapt_report(
@@ -210,11 +226,23 @@ def _adapt_report(
     from transferkit.data.pairs import pair_of_run
 
     metrics = json.loads((run / "metrics.json").read_text())
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curves = run / "metrics.jsonl"  # absent for SA on a reused source-only network
+    history = ([json.loads(line) for line in curves.read_text().splitlines() if line.strip()]
+               if curves.is_file() else [])
     pair = pair_of_run(config, data_root)
     classes = len(pair.classes)
     network = adapt_network(run, config, classes)
     figures, notes = [], []
+    alignment = None
+    if config["method"] == "sa":  # the network is the source-only one; SA's classifier decides
+        from transferkit.api import fit_alignment
+        from transferkit.methods import SourceOnly
+
+        alignment = fit_alignment(SourceOnly(network), pair, config["seed"],
+                                  dimensions=(metrics["sa_dimension"],))
+        if metrics.get("sa_features_from"):
+            notes.append(f"SA aligned the network of {metrics['sa_features_from']}; its "
+                         "training curves are in that run's report.")
     if history:
         figures.append(
             (
@@ -231,7 +259,13 @@ def _adapt_report(
                 "Learning curves (one point per epoch)",
             )
         )
-    _, predicted = features_and_predictions(network, pair.target_test.images, pair)
+    _, predicted = features_and_predictions(network, pair.target_test.images, pair, alignment)
+    if alignment is not None:  # SA refitted for the report: it must predict as the run did
+        refitted = float((predicted == pair.target_test.labels.numpy()).mean())
+        if abs(refitted - metrics["target_test_accuracy"]) > 1e-6:
+            notes.append(f"SA refitted here gives target-test accuracy {refitted:.4f}, the run "
+                         f"recorded {metrics['target_test_accuracy']:.4f}: the pictures are of "
+                         "the refit.")
     figures.append(
         (
             _confusion(
@@ -278,7 +312,7 @@ def _adapt_report(
         before_net = adapt_network(run, config, classes, trained=False)
         before_label = "before: the untrained network"
     f_before, _ = features_and_predictions(before_net, images, pair)
-    f_after, _ = features_and_predictions(network, images, pair)
+    f_after, _ = features_and_predictions(network, images, pair, alignment, domain)
     gap_before = proxy_a_distance(f_before[domain == 0], f_before[domain == 1], samples=samples)
     gap_after = proxy_a_distance(f_after[domain == 0], f_after[domain == 1], samples=samples)
     figures.append(
@@ -300,7 +334,13 @@ def _adapt_report(
                 ],
                 out / "tsne.png",
             ),
-            "t-SNE of the feature extractor's output for source and target test images",
+            "t-SNE of the feature extractor's output for source and target test images"
+            + (
+                f" (after: SA's aligned {alignment.selected_dimension}-dimensional subspace of the "
+                "label predictor's last hidden layer)"
+                if alignment is not None
+                else ""
+            ),
         )
     )
     summary = {

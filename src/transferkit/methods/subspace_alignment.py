@@ -92,16 +92,23 @@ class SubspaceAlignment:
 
     def predict(self, features: np.ndarray, domain: str = "target",
                 dimension: int | None = None) -> np.ndarray:
-        """Classes of ``features`` from ``domain``: target data is projected by X_T, source
-        data by X_a. ``dimension`` (default: the selected one) must be a fitted candidate."""
+        """Classes of ``features`` from ``domain`` (see :meth:`project`). ``dimension``
+        (default: the selected one) must be a fitted candidate."""
+        projected = self.project(features, domain, dimension)
+        d = self.selected_dimension if dimension is None else dimension
+        return self._fitted[d][2].predict(projected)
+
+    def project(self, features: np.ndarray, domain: str = "target",
+                dimension: int | None = None) -> np.ndarray:
+        """``features`` of ``domain`` in the aligned d-dimensional space the classifier reads:
+        target data by X_T, source data by X_a."""
         if self.selected_dimension is None:
-            raise RuntimeError("call fit before predict")
+            raise RuntimeError("call fit before project or predict")
         d = self.selected_dimension if dimension is None else dimension
         if d not in self._fitted:
             raise ValueError(f"dimension {d}: not fitted (candidates {sorted(self._fitted)})")
-        aligned, target_basis, classifier = self._fitted[d]
-        projection = target_basis if domain == "target" else aligned
-        return classifier.predict(self._z(features, domain) @ projection)
+        aligned, target_basis, _ = self._fitted[d]
+        return self._z(features, domain) @ (target_basis if domain == "target" else aligned)
 
     def accuracy_by_dimension(self, features: np.ndarray, labels: np.ndarray,
                               domain: str = "target") -> dict[int, float]:
