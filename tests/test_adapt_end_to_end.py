@@ -126,9 +126,13 @@ def test_subspace_alignment_records_its_subspace_choice(digit_root, tmp_path):
                             run_dir=tmp_path / "sa", data_root=digit_root,
                             progress=False).fit("mnist", "mnist_m")
     results = adapter.results()
-    reopened = DomainAdapter.load(tmp_path / "sa", data_root=digit_root, progress=False)
-    assert reopened.score() == results["target_test_accuracy"]  # the alignment refitted alike
-    assert reopened.score("source_test") == results["source_test_accuracy"]
+    assert (tmp_path / "sa" / "alignment.safetensors").is_file()  # read back, not refitted
+    for saved in (True, False):  # runs made before the alignment was saved are refitted
+        reopened = DomainAdapter.load(tmp_path / "sa", data_root=digit_root, progress=False)
+        assert reopened.score() == results["target_test_accuracy"]
+        assert reopened.score("source_test") == results["source_test_accuracy"]
+        assert (reopened.alignment_.validation_accuracy != {}) is not saved  # refit: all sizes
+        (tmp_path / "sa" / "alignment.safetensors").unlink(missing_ok=True)
     config = json.loads((tmp_path / "sa" / "config.json").read_text())
     del config["sa_features"]  # as an SA run of an older transferkit
     (tmp_path / "sa" / "config.json").write_text(json.dumps(config))

@@ -106,6 +106,10 @@ def test_subspace_alignment_classifies_a_shifted_scaled_and_tilted_target():
     with pytest.raises(ValueError, match="dimension 4"):
         alignment.predict(target, dimension=4)
     assert alignment.not_converged == []
+    saved = SubspaceAlignment.from_state_dict(alignment.state_dict())  # as a run reads it back
+    for data, domain in ((target, "target"), (source, "source")):
+        np.testing.assert_array_equal(saved.predict(data, domain), alignment.predict(data, domain))
+        np.testing.assert_array_equal(saved.project(data, domain), alignment.project(data, domain))
     with pytest.warns(ConvergenceWarning, match=r"sizes \[2, 3, 5\]") as caught:
         SubspaceAlignment(candidate_dimensions=(2, 3, 5), max_iter=1).fit(
             source[:500], labels[:500], target, source[500:], labels[500:])

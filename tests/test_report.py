@@ -51,7 +51,7 @@ def test_report_of_an_sa_run_shows_sas_predictions_and_aligned_subspace(tmp_path
     page = (run / "report" / "report.html").read_text()
     assert len(_images(page)) == 3  # confusion, samples, t-SNE
     assert "aligned" in page and "source_only/seed0/model.safetensors" in page
-    assert "SA refitted here" not in page  # the refit predicts exactly as the run recorded
+    assert "SA as read here" not in page  # its saved alignment predicts as the run recorded
 
 
 def test_report_of_a_finetune_run(tmp_path, capsys):

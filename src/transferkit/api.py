@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 
 from transferkit.data.pairs import DomainPair, DomainSplit, held_out_tenth, load_pair, pair_of_run
 from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
-from transferkit.methods.subspace_alignment import PAPER_DIMENSIONS, SA_FEATURES
+from transferkit.methods.subspace_alignment import SA_FEATURES
 from transferkit.models import NETWORKS, DigitNetwork
 from transferkit.names import GEOMETRIES
 from transferkit.training.device import describe_machine, resolve_device
@@ -61,10 +63,10 @@ def extract_features(model: Method, split: DomainSplit, pair: DomainPair) -> np.
     return run_batches(model, split.images, pair, output="hidden").numpy()
 
 
-def fit_alignment(model: Method, pair: DomainPair, seed: int,
-                  dimensions: tuple[int, ...] = PAPER_DIMENSIONS) -> SubspaceAlignment:
+def fit_alignment(model: Method, pair: DomainPair, seed: int) -> SubspaceAlignment:
     """SA on ``model``'s hidden layer: source train and target train aligned, the size chosen
-    among ``dimensions`` on the source test split (or a held-out tenth of source train)."""
+    on the source test split (or a held-out tenth of source train). Deterministic: a run's
+    alignment is fitted again, not saved."""
     source = extract_features(model, pair.source_train, pair)
     labels = pair.source_train.labels.numpy()
     if pair.source_test is not None:
@@ -76,9 +78,20 @@ def fit_alignment(model: Method, pair: DomainPair, seed: int,
         train, train_labels, val, val_labels = source[kept], labels[kept], source[held], \
             labels[held]
     target = extract_features(model, pair.target_train, pair)
-    return SubspaceAlignment(candidate_dimensions=dimensions, seed=seed).fit(
-        train, train_labels, target, val, val_labels)
+    return SubspaceAlignment(seed=seed).fit(train, train_labels, target, val, val_labels)
 
+
+ALIGNMENT_FILE = "alignment.safetensors"  # SA's fitted alignment, beside model.safetensors
+
+
+def run_alignment(run: Path, model: Method, pair: DomainPair, seed: int) -> SubspaceAlignment:
+    """A finished SA run's alignment as it saved it; runs made before SA saved it are fitted
+    again on ``model``, which can differ slightly on another thread count where a logistic
+    regression stopped at its iteration limit."""
+    saved = Path(run) / ALIGNMENT_FILE
+    if saved.is_file():
+        return SubspaceAlignment.from_state_dict(load_arrays(str(saved)))
+    return fit_alignment(model, pair, seed)
 
 # Settings a run may change when it resumes; any other difference is another run.
 RESUMABLE_CHANGES = frozenset({"device"})
@@ -247,8 +260,7 @@ class DomainAdapter:
              device: str = "cpu", progress: bool = True) -> DomainAdapter:
         """A finished ``transferkit adapt`` run, ready for ``predict`` and ``score``: its
         settings from ``config.json``, its model from ``model.safetensors`` (read without
-        unpickling), its data reloaded. SA's alignment, not saved, is fitted again (it is
-        deterministic given the network and the seed)."""
+        unpickling), its data reloaded, SA's alignment from :func:`run_alignment`."""
         run = Path(run_dir)
         config = read_run_config(run)
         weights_path = run / "model.safetensors"
@@ -274,7 +286,8 @@ class DomainAdapter:
         adapter.device_ = resolve_device(device)
         adapter.pair_, adapter.model_, adapter.last_weights_ = pair, model.eval(), None
         model.to(adapter.device_)
-        adapter.alignment_ = adapter._fit_alignment(pair) if adapter.method == "sa" else None
+        adapter.alignment_ = (run_alignment(run, adapter.model_, pair, adapter.config.seed)
+                              if adapter.method == "sa" else None)
         return adapter
 
     def _fit_alignment(self, pair: DomainPair) -> SubspaceAlignment:
@@ -375,5 +388,7 @@ class DomainAdapter:
         assert self.run_dir is not None
         weights = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
         save_file(weights, str(self.run_dir / "model.safetensors"))
+        if self.alignment_ is not None:
+            save_arrays(self.alignment_.state_dict(), str(self.run_dir / ALIGNMENT_FILE))
         self.results_ = self.results()
         (self.run_dir / "metrics.json").write_text(json.dumps(self.results_, indent=2))

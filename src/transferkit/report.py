@@ -235,11 +235,10 @@ def _adapt_report(
     figures, notes = [], []
     alignment = None
     if config["method"] == "sa":  # the network is the source-only one; SA's classifier decides
-        from transferkit.api import fit_alignment
+        from transferkit.api import run_alignment
         from transferkit.methods import SourceOnly
 
-        alignment = fit_alignment(SourceOnly(network), pair, config["seed"],
-                                  dimensions=(metrics["sa_dimension"],))
+        alignment = run_alignment(run, SourceOnly(network), pair, config["seed"])
         if metrics.get("sa_features_from"):
             notes.append(f"SA aligned the network of {metrics['sa_features_from']}; its "
                          "training curves are in that run's report.")
@@ -260,12 +259,12 @@ def _adapt_report(
             )
         )
     _, predicted = features_and_predictions(network, pair.target_test.images, pair, alignment)
-    if alignment is not None:  # SA refitted for the report: it must predict as the run did
+    if alignment is not None:  # SA as saved (or fitted again): it must predict as the run did
         refitted = float((predicted == pair.target_test.labels.numpy()).mean())
         if abs(refitted - metrics["target_test_accuracy"]) > 1e-6:
-            notes.append(f"SA refitted here gives target-test accuracy {refitted:.4f}, the run "
-                         f"recorded {metrics['target_test_accuracy']:.4f}: the pictures are of "
-                         "the refit.")
+            notes.append(f"SA as read here gives target-test accuracy {refitted:.4f}, the run "
+                         f"recorded {metrics['target_test_accuracy']:.4f} (a run made before SA "
+                         "saved its alignment, fitted again): the pictures are of this fit.")
     figures.append(
         (
             _confusion(
@@ -374,8 +373,9 @@ def _adapt_report(
         )
     if config.get("method") == "sa":
         notes.append(
-            "SA classifies with a subspace alignment fitted on top of these features; the figures "
-            "show the underlying source-only network."
+            "SA classifies the source-only network's last hidden layer in an aligned subspace: "
+            "the confusion matrix is SA's, the t-SNE's right panel that subspace, its left "
+            "panel the source-only network's feature extractor."
         )
     title = f"{config['method']}: {config['source']} → {config['target']} (seed {config.get('seed', 0)})"
     return title, summary, figures, notes

@@ -41,6 +41,22 @@ def _standardize(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
+class _SavedClassifier:
+    """A fitted linear classifier read back from its weights: predicts as scikit-learn's
+    logistic regression does (``classes[argmax(X coefᵀ + intercept)]``; one column: > 0)."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    classes: np.ndarray
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        scores = features @ self.coef.T + self.intercept
+        if scores.shape[1] == 1:
+            return self.classes[(scores[:, 0] > 0).astype(int)]
+        return self.classes[scores.argmax(1)]
+
+
+@dataclass
 class SubspaceAlignment:
     candidate_dimensions: tuple[int, ...] = PAPER_DIMENSIONS
     regularization: float = 1.0
@@ -109,6 +125,30 @@ class SubspaceAlignment:
             raise ValueError(f"dimension {d}: not fitted (candidates {sorted(self._fitted)})")
         aligned, target_basis, _ = self._fitted[d]
         return self._z(features, domain) @ (target_basis if domain == "target" else aligned)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The selected size's alignment as arrays, enough to predict without refitting (a
+        refit on another thread count can differ where a fit stopped at its iteration limit)."""
+        if self.selected_dimension is None:
+            raise RuntimeError("call fit before state_dict")
+        aligned, target_basis, classifier = self._fitted[self.selected_dimension]
+        state = {"source_mean": self._source_stats[0], "source_std": self._source_stats[1],
+                 "target_mean": self._target_stats[0], "target_std": self._target_stats[1],
+                 "aligned": aligned, "target_basis": target_basis,
+                 "coef": classifier.coef_, "intercept": classifier.intercept_,
+                 "classes": classifier.classes_}
+        return {name: np.ascontiguousarray(array) for name, array in state.items()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, np.ndarray]) -> SubspaceAlignment:
+        """An alignment that predicts as the saved one did, at its selected size."""
+        d = state["aligned"].shape[1]
+        alignment = cls(candidate_dimensions=(d,), selected_dimension=d)
+        alignment._source_stats = (state["source_mean"], state["source_std"])
+        alignment._target_stats = (state["target_mean"], state["target_std"])
+        alignment._fitted = {d: (state["aligned"], state["target_basis"], _SavedClassifier(
+            state["coef"], state["intercept"], state["classes"]))}
+        return alignment
 
     def accuracy_by_dimension(self, features: np.ndarray, labels: np.ndarray,
                               domain: str = "target") -> dict[int, float]:
