@@ -65,8 +65,7 @@ def extract_features(model: Method, split: DomainSplit, pair: DomainPair) -> np.
 
 def fit_alignment(model: Method, pair: DomainPair, seed: int) -> SubspaceAlignment:
     """SA on ``model``'s hidden layer: source train and target train aligned, the size chosen
-    on the source test split (or a held-out tenth of source train). Deterministic: a run's
-    alignment is fitted again, not saved."""
+    on the source test split (or a held-out tenth of source train)."""
     source = extract_features(model, pair.source_train, pair)
     labels = pair.source_train.labels.numpy()
     if pair.source_test is not None:
@@ -92,6 +91,7 @@ def run_alignment(run: Path, model: Method, pair: DomainPair, seed: int) -> Subs
     if saved.is_file():
         return SubspaceAlignment.from_state_dict(load_arrays(str(saved)))
     return fit_alignment(model, pair, seed)
+
 
 # Settings a run may change when it resumes; any other difference is another run.
 RESUMABLE_CHANGES = frozenset({"device"})
@@ -248,7 +248,7 @@ class DomainAdapter:
                 self.model_ = average.module
         self.alignment_: SubspaceAlignment | None = None
         if self.method == "sa":
-            self.alignment_ = self._fit_alignment(pair)
+            self.alignment_ = fit_alignment(self.model_, pair, self.config.seed)
         self.wall_seconds_ = time.perf_counter() - started
         self.device_ = device
         if self.run_dir is not None:
@@ -289,9 +289,6 @@ class DomainAdapter:
         adapter.alignment_ = (run_alignment(run, adapter.model_, pair, adapter.config.seed)
                               if adapter.method == "sa" else None)
         return adapter
-
-    def _fit_alignment(self, pair: DomainPair) -> SubspaceAlignment:
-        return fit_alignment(self.model_, pair, self.config.seed)
 
     # -- using the fitted model --------------------------------------------------------------
 
