@@ -239,6 +239,9 @@ def _adapt_report(
         from transferkit.methods import SourceOnly
 
         alignment = run_alignment(run, SourceOnly(network), pair, config["seed"])
+        notes.append("SA classifies the source-only network's last hidden layer in an aligned "
+                     "subspace: the confusion matrix is SA's, the t-SNE's right panel that "
+                     "subspace, its left panel the source-only network's feature extractor.")
         if metrics.get("sa_features_from"):
             notes.append(f"SA aligned the network of {metrics['sa_features_from']}; its "
                          "training curves are in that run's report.")
@@ -370,12 +373,6 @@ def _adapt_report(
             f"Reverse validation (label-free): {record.get('score', float('nan')):.4f} — a model "
             f"adapted back from this run's pseudo-labelled target for {record.get('reverse_epochs')} "
             f"epochs, scored on the {record.get('scored_on')}. Compare it across runs of this pair."
-        )
-    if config.get("method") == "sa":
-        notes.append(
-            "SA classifies the source-only network's last hidden layer in an aligned subspace: "
-            "the confusion matrix is SA's, the t-SNE's right panel that subspace, its left "
-            "panel the source-only network's feature extractor."
         )
     title = f"{config['method']}: {config['source']} → {config['target']} (seed {config.get('seed', 0)})"
     return title, summary, figures, notes
