@@ -203,6 +203,8 @@ def summarize(values: list[float]) -> tuple[float | None, float | None]:
 
 def run_protocol(protocol: Protocol, pairs: list[PairProtocol], methods: list[str], out: Path,
                  options: RunOptions, command: str = "") -> dict[str, Any]:
+    from transferkit.benchmarks.plot import plot_accuracies
+
     out.mkdir(parents=True, exist_ok=True)
     missing_by_pair = {pair.key: None if options.report_only  # reports runs, reads no data
                        else _pair_available(pair, options.data_root) for pair in pairs}
@@ -257,7 +259,9 @@ def run_protocol(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
                                              "std": last_std}
             rows.append(row)
             _write(protocol, pairs, methods, rows, out, options, command)
-    return _write(protocol, pairs, methods, rows, out, options, command)
+    report = _write(protocol, pairs, methods, rows, out, options, command)
+    plot_accuracies(protocol, pairs, methods, report, out / "accuracies.png")  # once, at the end
+    return report
 
 
 def _sa_oracle(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -274,7 +278,6 @@ def _sa_oracle(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _write(protocol: Protocol, pairs: list[PairProtocol], methods: list[str],
            rows: list[dict[str, Any]], out: Path, options: RunOptions,
            command: str) -> dict[str, Any]:
-    from transferkit.benchmarks.plot import plot_accuracies
     from transferkit.benchmarks.table import render_table
 
     report = {"protocol": protocol.name, "title": protocol.title, "command": command,
@@ -282,5 +285,4 @@ def _write(protocol: Protocol, pairs: list[PairProtocol], methods: list[str],
               "rows": rows}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "table.md").write_text(render_table(protocol, pairs, methods, report))
-    plot_accuracies(protocol, pairs, methods, report, out / "accuracies.png")
     return report
