@@ -193,29 +193,33 @@ def adapt_network(run: Path, config: dict[str, Any], classes: int, trained: bool
 
 
 @torch.inference_mode()
-def features_and_predictions(
-    network: Any, images: torch.Tensor, pair: Any, alignment: Any = None, domain: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The feature extractor's output and the predicted classes of ``images``. With an SA
-    ``alignment`` the features are the aligned subspace's coordinates and the classes SA's;
-    ``domain`` (0 source, 1 target per image; default all target) says how each is projected."""
+def features_and_predictions(network: Any, images: torch.Tensor, pair: Any) -> tuple[np.ndarray, np.ndarray]:
     features, predictions = [], []
     for start in range(0, len(images), 512):
         x = pair.normalize(images[start : start + 512])
         f = network.features(x)
-        features.append((f if alignment is None else network.label_predictor[:-1](f)).numpy())
+        features.append(f.numpy())
         predictions.append(network.label_predictor(f).argmax(1).numpy())
-    features = np.concatenate(features)
-    if alignment is None:
-        return features, np.concatenate(predictions)
-    domain = np.ones(len(features), dtype=int) if domain is None else domain
-    projected = np.empty((len(features), alignment.selected_dimension))
-    classes = np.empty(len(features), dtype=np.int64)
+    return np.concatenate(features), np.concatenate(predictions)
+
+
+def aligned_and_predictions(
+    network: Any, alignment: Any, images: torch.Tensor, pair: Any, domain: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """SA's view of ``images``: their coordinates in the aligned subspace and SA's classes.
+    ``domain`` (0 source, 1 target per image; default all target) says how each is projected."""
+    from transferkit.methods import SourceOnly
+    from transferkit.training.loop import run_batches
+
+    hidden = run_batches(SourceOnly(network), images, pair, output="hidden").numpy()
+    domain = np.ones(len(hidden), dtype=int) if domain is None else domain
+    projected = np.empty((len(hidden), alignment.selected_dimension))
+    classes = np.empty(len(hidden), dtype=np.int64)
     for value, side in ((0, "source"), (1, "target")):
         rows = domain == value
         if rows.any():
-            projected[rows] = alignment.project(features[rows], side)
-            classes[rows] = alignment.predict(features[rows], side)
+            projected[rows] = alignment.project(hidden[rows], side)
+            classes[rows] = alignment.predict(hidden[rows], side)
     return projected, classes
 
 
@@ -261,7 +265,8 @@ def _adapt_report(
                 "Learning curves (one point per epoch)",
             )
         )
-    _, predicted = features_and_predictions(network, pair.target_test.images, pair, alignment)
+    _, predicted = (features_and_predictions(network, pair.target_test.images, pair) if alignment is None
+                    else aligned_and_predictions(network, alignment, pair.target_test.images, pair))
     if alignment is not None:  # SA as saved (or fitted again): it must predict as the run did
         refitted = float((predicted == pair.target_test.labels.numpy()).mean())
         if abs(refitted - metrics["target_test_accuracy"]) > 1e-6:
@@ -314,7 +319,8 @@ def _adapt_report(
         before_net = adapt_network(run, config, classes, trained=False)
         before_label = "before: the untrained network"
     f_before, _ = features_and_predictions(before_net, images, pair)
-    f_after, _ = features_and_predictions(network, images, pair, alignment, domain)
+    f_after, _ = (features_and_predictions(network, images, pair) if alignment is None
+                  else aligned_and_predictions(network, alignment, images, pair, domain))
     gap_before = proxy_a_distance(f_before[domain == 0], f_before[domain == 1], samples=samples)
     gap_after = proxy_a_distance(f_after[domain == 0], f_after[domain == 1], samples=samples)
     figures.append(
