@@ -41,22 +41,6 @@ def _standardize(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class _SavedClassifier:
-    """A fitted linear classifier read back from its weights: predicts as scikit-learn's
-    logistic regression does (``classes[argmax(X coefᵀ + intercept)]``; one column: > 0)."""
-
-    coef: np.ndarray
-    intercept: np.ndarray
-    classes: np.ndarray
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        scores = features @ self.coef.T + self.intercept
-        if scores.shape[1] == 1:
-            return self.classes[(scores[:, 0] > 0).astype(int)]
-        return self.classes[scores.argmax(1)]
-
-
-@dataclass
 class SubspaceAlignment:
     candidate_dimensions: tuple[int, ...] = PAPER_DIMENSIONS
     regularization: float = 1.0
@@ -146,8 +130,10 @@ class SubspaceAlignment:
         alignment = cls(candidate_dimensions=(d,), selected_dimension=d)
         alignment._source_stats = (state["source_mean"], state["source_std"])
         alignment._target_stats = (state["target_mean"], state["target_std"])
-        alignment._fitted = {d: (state["aligned"], state["target_basis"], _SavedClassifier(
-            state["coef"], state["intercept"], state["classes"]))}
+        classifier = LogisticRegression()  # fitted already: its weights, read back
+        classifier.coef_, classifier.intercept_ = state["coef"], state["intercept"]
+        classifier.classes_ = state["classes"]
+        alignment._fitted = {d: (state["aligned"], state["target_basis"], classifier)}
         return alignment
 
     def accuracy_by_dimension(self, features: np.ndarray, labels: np.ndarray,
