@@ -237,3 +237,61 @@ def test_weight_average_resumed_from_its_state_dict_continues_the_same_average()
     for name, value in reference.state_dict().items():
         assert torch.allclose(ours.state_dict()[name], value.to(ours.state_dict()[name].dtype)), name
     assert int(ours.n_averaged) == 5
+
+
+def _mcc_by_the_formula(logits: torch.Tensor, temperature: float) -> float:
+    """Minimum Class Confusion (Jin et al. 2020, eq. 1-6), one element at a time."""
+    batch, classes = logits.shape
+    p = torch.softmax(logits.double() / temperature, dim=1)
+    entropy = [-sum(float(p[i, j]) * math.log(float(p[i, j])) for j in range(classes))
+               for i in range(batch)]
+    raw = [1 + math.exp(-h) for h in entropy]
+    w = [batch * r / sum(raw) for r in raw]
+    c = [[sum(float(p[i, j]) * w[i] * float(p[i, k]) for i in range(batch))
+          for k in range(classes)] for j in range(classes)]
+    column = [sum(c[j][k] for j in range(classes)) for k in range(classes)]
+    return sum(c[j][k] / column[k] for j in range(classes) for k in range(classes)
+               if j != k) / classes
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_minimum_class_confusion_matches_its_formula(temperature):
+    from transferkit.methods.mcc import minimum_class_confusion
+
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(7, 5)
+    assert float(minimum_class_confusion(logits, temperature)) == pytest.approx(
+        _mcc_by_the_formula(logits, temperature), rel=1e-5)
+
+
+def test_minimum_class_confusion_is_low_for_certain_distinct_classes_and_high_for_uniform():
+    from transferkit.methods.mcc import minimum_class_confusion
+
+    uniform = torch.zeros(8, 10)
+    assert float(minimum_class_confusion(uniform)) == pytest.approx(0.9)  # 1 − trace/C, C = 10
+    certain = 50.0 * torch.eye(10)[torch.arange(8) % 10]  # 8 images, 8 classes, no doubt
+    assert float(minimum_class_confusion(certain, temperature=1.0)) < 1e-6
+    huge = 1e4 * torch.eye(10)[:3]  # classes no image chooses: zero columns, no NaN
+    assert torch.isfinite(minimum_class_confusion(huge, temperature=1.0))
+    with pytest.raises(ValueError, match="B × C"):
+        minimum_class_confusion(torch.zeros(5))
+
+
+def test_dann_mcc_is_danns_loss_plus_the_confusion_of_the_target_batch():
+    from transferkit.methods import DANN, DANNMCC
+    from transferkit.methods.mcc import MCC_TEMPERATURE, minimum_class_confusion
+
+    torch.manual_seed(0)
+    network = DigitNetwork("mnist", 10, 28)
+    source, target, labels = torch.randn(4, 3, 28, 28), torch.randn(6, 3, 28, 28), torch.arange(4)
+    dann = DANN(network).losses(source, labels, target, progress=0.4)
+    both = DANNMCC(network).losses(source, labels, target, progress=0.4)
+    with torch.no_grad():
+        confusion = minimum_class_confusion(network(target), MCC_TEMPERATURE)
+    torch.testing.assert_close(both["mcc_loss"], confusion)
+    torch.testing.assert_close(both["domain_loss"], dann["domain_loss"])
+    torch.testing.assert_close(both["loss"], dann["loss"] + confusion)
+    # the confusion term reaches the feature extractor through the target images
+    weight = network.features[0].weight
+    gradient = torch.autograd.grad(both["loss"] - dann["loss"], weight)[0]
+    assert float(gradient.abs().sum()) > 0

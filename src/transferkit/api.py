@@ -157,7 +157,8 @@ class DomainAdapter:
     """Unsupervised domain adaptation from a labelled source to an unlabelled target.
 
     ``method``: ``source_only``, ``sa`` (Subspace Alignment on the source-only network's
-    features), ``dann``, or ``target_only`` (oracle: trains on target labels).
+    features), ``dann``, ``target_only`` (oracle: trains on target labels), or ``dann_mcc``
+    (DANN + Minimum Class Confusion on the target batch, :mod:`transferkit.methods.mcc`).
     Model selection never looks at target-test labels: the last epoch is kept
     (``selected_by`` says so), and SA's subspace size is chosen on source data.
     ``ema_decay``: keep an exponential moving average of the weights during training and

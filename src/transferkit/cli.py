@@ -376,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--method", required=True, choices=METHOD_NAMES,
                        help="source_only; sa (Subspace Alignment of the source-only "
                             "network's last hidden layer, size 2-60 chosen on source "
-                            "validation); dann; target_only (oracle)")
+                            "validation); dann; target_only (oracle); dann_mcc (DANN + "
+                            "Minimum Class Confusion on the target, Jin et al. 2020 — past "
+                            "the DANN paper)")
     adapt.add_argument("--source", required=True, help="labelled source data set, e.g. mnist")
     adapt.add_argument("--target", required=True, help="unlabelled target data set, e.g. mnist_m")
     adapt.add_argument("--epochs", type=int, default=10, help="passes over the labelled data")

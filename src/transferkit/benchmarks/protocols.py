@@ -32,7 +32,7 @@ class Protocol:
     name: str
     title: str
     pairs: tuple[PairProtocol, ...]
-    methods: tuple[str, ...] = ("source_only", "sa", "dann", "target_only")
+    methods: tuple[str, ...] = ("source_only", "sa", "dann", "target_only", "dann_mcc")
     method_titles: dict[str, str] = field(default_factory=dict)
 
 
@@ -60,7 +60,8 @@ GANIN2016 = Protocol(
                           "2-core CPU"),
     ),
     method_titles={"source_only": "Source only", "sa": "SA (Fernando et al. 2013)",
-                   "dann": "DANN", "target_only": "Train on target (oracle)"},
+                   "dann": "DANN", "target_only": "Train on target (oracle)",
+                   "dann_mcc": "DANN + MCC (Jin et al. 2020; not in the paper)"},
 )
 
 PROTOCOLS = {GANIN2016.name: GANIN2016}

@@ -2,6 +2,7 @@
 
 from transferkit.methods.base import Method
 from transferkit.methods.dann import DANN
+from transferkit.methods.mcc import DANNMCC
 from transferkit.methods.source_only import SourceOnly
 from transferkit.methods.subspace_alignment import SubspaceAlignment
 from transferkit.methods.target_only import TargetOnly
@@ -9,8 +10,8 @@ from transferkit.names import METHOD_NAMES
 
 # "sa" trains the source-only network, then aligns its features (see api.DomainAdapter).
 TRAINED_METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (SourceOnly, TargetOnly, DANN)
+    cls.name: cls for cls in (SourceOnly, TargetOnly, DANN, DANNMCC)
 }
 
-__all__ = ["DANN", "METHOD_NAMES", "TRAINED_METHODS", "Method", "SourceOnly",
+__all__ = ["DANN", "DANNMCC", "METHOD_NAMES", "TRAINED_METHODS", "Method", "SourceOnly",
            "SubspaceAlignment", "TargetOnly"]

@@ -47,6 +47,13 @@ class DANN(Method):
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor,
                target_images: torch.Tensor | None, progress: float) -> dict[str, torch.Tensor]:
+        return self.adversarial_losses(images, labels, target_images, progress)[0]
+
+    def adversarial_losses(self, images: torch.Tensor, labels: torch.Tensor,
+                           target_images: torch.Tensor | None, progress: float,
+                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """DANN's losses, and the features of the joint batch (source first) they came from,
+        for a method that adds a term on the same forward pass."""
         assert target_images is not None
         features = self.network.features(torch.cat([images, target_images]))
         source_features = features[: len(images)]
@@ -72,4 +79,4 @@ class DANN(Method):
             "domain_loss": domain_loss.detach(),
             "domain_accuracy": domain_accuracy.detach(),
             "grl_coefficient": torch.tensor(coefficient),
-        }
+        }, features
