@@ -331,3 +331,5 @@ def test_dann_mcc_runs_end_to_end_and_loads_back(digit_root, tmp_path):
     final = json.loads((out / "metrics.json").read_text())
     reopened = DomainAdapter.load(out, data_root=digit_root, progress=False)
     assert reopened.score() == final["target_test_accuracy"]
+    assert main(["report", str(out), "--samples", "20", "--data-root", str(digit_root)]) == 0
+    assert (out / "report" / "curves.png").is_file()

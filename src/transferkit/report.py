@@ -258,6 +258,7 @@ def _adapt_report(
                         ("class_loss", "label loss"),
                         ("domain_loss", "domain loss"),
                         ("domain_accuracy", "domain classifier accuracy"),
+                        ("mcc_loss", "class confusion on the target (MCC)"),
                         ("source_val_accuracy", "source validation accuracy"),
                     ],
                     out / "curves.png",
