@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from transferkit.methods.dann import DANN
 
@@ -50,7 +51,7 @@ def minimum_class_confusion(logits: torch.Tensor, temperature: float = MCC_TEMPE
 class DANNMCC(DANN):
     name = "dann_mcc"
 
-    def __init__(self, network, domain_loss: str = "mean", temperature: float = MCC_TEMPERATURE,
+    def __init__(self, network: nn.Module, domain_loss: str = "mean", temperature: float = MCC_TEMPERATURE,
                  weight: float = MCC_WEIGHT) -> None:
         super().__init__(network, domain_loss)
         self.temperature = temperature
