@@ -169,6 +169,8 @@ def test_benchmark_fills_the_table_keeps_missing_pairs_and_resumes(digit_root, t
     assert len(rows[("mnist", "dann")]["last_epoch_weights"]["accuracies"]) == 2
     assert "mnist → mnist_m: weight average (EMA, decay 0.999) at the last epoch" in table
     assert "mnist → mnist_m, DANN: last-epoch weights" in table
+    assert len(rows[("mnist", "dann")]["label_free_check"]) == 2  # one per seed
+    assert "Label-free check" in table
     assert rows[("mnist", "dann")]["threads"] == [torch.get_num_threads()] * 2  # per run
     picture = out / "accuracies.png"  # every seed beside the paper, for the measured pair
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -331,5 +333,10 @@ def test_dann_mcc_runs_end_to_end_and_loads_back(digit_root, tmp_path):
     final = json.loads((out / "metrics.json").read_text())
     reopened = DomainAdapter.load(out, data_root=digit_root, progress=False)
     assert reopened.score() == final["target_test_accuracy"]
+    check = final["label_free_check"]  # where the target-train images went, no label used
+    assert sum(check["target_train_prediction_shares"]) == pytest.approx(1.0)
+    assert check["classes"] == [str(c) for c in reopened.pair_.classes]
+    assert reopened.prediction_shares().as_dict() == check
     assert main(["report", str(out), "--samples", "20", "--data-root", str(digit_root)]) == 0
-    assert (out / "report" / "curves.png").is_file()
+    for picture in ("curves.png", "class_shares.png"):
+        assert (out / "report" / picture).is_file()

@@ -23,6 +23,7 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 
+from transferkit.checks import PredictionShares, prediction_shares
 from transferkit.data.pairs import DomainPair, DomainSplit, held_out_tenth, load_pair, pair_of_run
 from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
@@ -306,6 +307,15 @@ class DomainAdapter:
             return torch.from_numpy(self.alignment_.predict(features, domain))
         return run_batches(self.model_, images, self.pair_).argmax(1)
 
+    def prediction_shares(self) -> PredictionShares:
+        """The label-free check of :mod:`transferkit.checks`: the share of the unlabelled
+        target training images the model gives each class, beside each class's share of the
+        source labels; ``.message()`` says which classes look wrong, if any."""
+        self._check_fitted()
+        predicted = self.predict(self.pair_.target_train.images, "target")
+        return prediction_shares(predicted, self.pair_.source_train.labels,
+                                 [str(c) for c in self.pair_.classes])
+
     def score(self, split: str = "target_test") -> float:
         """Accuracy on one of the pair's labelled splits (default: the final target-test)."""
         self._check_fitted()
@@ -359,6 +369,7 @@ class DomainAdapter:
         }
         if self.ema_decay is not None:
             record["ema_decay"] = self.ema_decay
+        record["label_free_check"] = self.prediction_shares().as_dict()
         last = self.last_weights_
         if last is not None:
             record["last_epoch_weights"] = {

@@ -79,6 +79,7 @@ def _data_verify(args: argparse.Namespace) -> int:
 
 def _adapt(args: argparse.Namespace) -> int:
     from transferkit.api import DomainAdapter
+    from transferkit.checks import PredictionShares
 
     out = args.out or f"runs/{args.source}-{args.target}-{args.method}-seed{args.seed}"
     adapter = DomainAdapter(
@@ -95,6 +96,9 @@ def _adapt(args: argparse.Namespace) -> int:
           f"{results['target_test_accuracy']:.4f}, source-test "
           f"{results['source_test_accuracy'] if results['source_test_accuracy'] is not None else '—'}"
           f", {results['wall_seconds']:.0f} s on {results['device']}; run directory {out}")
+    warning = PredictionShares.from_dict(results["label_free_check"]).message()
+    if warning:
+        print(warning)
     return 0
 
 

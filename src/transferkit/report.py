@@ -89,6 +89,25 @@ def _confusion(
     return _save(fig, path)
 
 
+def _shares(shares: Any, path: Path) -> Path:
+    """Bars per class: its share of the source labels, and of the model's predictions on the
+    unlabelled target training images; flagged classes (transferkit.checks) in red."""
+    plt = _plt()
+    count = len(shares.classes)
+    x = np.arange(count)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * count, 2.8))
+    ax.bar(x - 0.2, shares.source, 0.4, color="tab:gray", label="source labels")
+    colours = ["tab:red" if i in shares.flagged else "tab:blue" for i in range(count)]
+    ax.bar(x + 0.2, shares.target, 0.4, color=colours, label="predicted on target train")
+    ax.set_xticks(x, [str(c)[:8] for c in shares.classes], rotation=90 if count > 12 else 0,
+                  fontsize=7)
+    ax.set_ylabel("share of images", fontsize=8)
+    ax.set_title(f"total variation {shares.total_variation:.3f}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 def _grid(rows: list[tuple[str, torch.Tensor]], path: Path) -> Path:
     """One row of uint8 C×H×W images per (label, images)."""
     plt = _plt()
@@ -274,6 +293,21 @@ def _adapt_report(
             notes.append(f"SA as read here gives target-test accuracy {refitted:.4f}, the run "
                          f"recorded {metrics['target_test_accuracy']:.4f} (a run made before SA "
                          "saved its alignment, fitted again): the pictures are of this fit.")
+    from transferkit.checks import prediction_shares
+    from transferkit.methods import SourceOnly
+    from transferkit.training.loop import run_batches
+
+    train = pair.target_train.images
+    shares = prediction_shares(
+        torch.as_tensor(aligned_and_predictions(network, alignment, train, pair)[1])
+        if alignment is not None else run_batches(SourceOnly(network), train, pair).argmax(1),
+        pair.source_train.labels, [str(c) for c in pair.classes])
+    if shares.message():
+        notes.append(shares.message())
+    figures.append((_shares(shares, out / "class_shares.png"),
+                    "Label-free check: where the model sends the unlabelled target training "
+                    "images, beside the source labels (red: a class with 2× or ½ its source "
+                    "share)"))
     figures.append(
         (
             _confusion(

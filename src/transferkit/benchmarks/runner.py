@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.benchmarks.protocols import PairProtocol, Protocol
+from transferkit.checks import PredictionShares
 from transferkit.errors import DataMissingError, TransferkitError
 
 
@@ -252,6 +253,11 @@ def run_protocol(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
                 row["sa_dimension"] = [r.get("sa_dimension") for r in runs]
                 if all("sa_oracle_target_test" in r for r in runs):
                     row["sa_oracle"] = _sa_oracle(runs)
+            if all("label_free_check" in r for r in runs):  # runs made before it lack it
+                row["label_free_check"] = [
+                    {"seed": k, "total_variation": r["label_free_check"]["total_variation"],
+                     "flagged": PredictionShares.from_dict(r["label_free_check"]).message()}
+                    for k, r in zip(seeds, runs, strict=True)]
             if all("last_epoch_weights" in r for r in runs):  # the model is a weight average
                 last = [r["last_epoch_weights"]["target_test_accuracy"] for r in runs]
                 last_mean, last_std = summarize(last)

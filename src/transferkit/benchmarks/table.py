@@ -107,6 +107,19 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
                          f"{_spread(row['sa_oracle'])} (d = "
                          f"{', '.join(map(str, row['sa_oracle']['dimensions']))}); ours "
                          f"{_spread(row)} (d = {', '.join(map(str, row['sa_dimension']))})")
+    checked = [r for r in report["rows"] if r.get("label_free_check")]
+    if checked:
+        flagged = [(r, c) for r in checked for c in r["label_free_check"] if c["flagged"]]
+        lines += ["", "Label-free check (`transferkit.checks`, no target label used): the "
+                  "share of the target training images each run predicts as each class, "
+                  "against the class's share of the source labels — "
+                  + (f"{len(flagged)} of {sum(len(r['label_free_check']) for r in checked)} "
+                     "runs flagged:" if flagged else
+                     f"no class of the {sum(len(r['label_free_check']) for r in checked)} "
+                     "runs made with it gets 2× or ½ its source share.")]
+        lines += [f"- {r['source']} → {r['target']}, "
+                  f"{protocol.method_titles.get(r['method'], r['method'])}, seed {c['seed']}: "
+                  f"{c['flagged'].removeprefix('label-free check: ')}" for r, c in flagged]
     averaged = [r for r in report["rows"] if r.get("last_epoch_weights")]
     if averaged:
         lines += ["", "Where the model is a weight average, the same runs' last-epoch weights "
