@@ -24,7 +24,7 @@ def test_report_of_an_adaptation_run_with_its_source_only_sibling(tmp_path, caps
     assert main(["report", str(runs / "dann" / "seed0"), "--samples", "30", "--data-root", str(root)]) == 0
     folder = runs / "dann" / "seed0" / "report"
     page = (folder / "report.html").read_text()
-    assert len(_images(page)) == 4  # curves, confusion, samples, t-SNE — embedded, no server needed
+    assert len(_images(page)) == 5  # curves, class shares, confusion, samples, t-SNE — embedded
     assert "http://" not in page and "https://" not in page
     for name in ("curves.png", "confusion.png", "samples.png", "tsne.png"):
         assert (folder / name).stat().st_size > 1000
@@ -49,7 +49,7 @@ def test_report_of_an_sa_run_shows_sas_predictions_and_aligned_subspace(tmp_path
     capsys.readouterr()
     assert main(["report", str(run), "--samples", "30", "--data-root", str(root)]) == 0
     page = (run / "report" / "report.html").read_text()
-    assert len(_images(page)) == 3  # confusion, samples, t-SNE
+    assert len(_images(page)) == 4  # class shares, confusion, samples, t-SNE
     assert "aligned" in page and "source_only/seed0/model.safetensors" in page
     assert "SA as read here" not in page  # its saved alignment predicts as the run recorded
 
