@@ -313,8 +313,7 @@ class DomainAdapter:
         source labels; ``.message()`` says which classes look wrong, if any."""
         self._check_fitted()
         predicted = self.predict(self.pair_.target_train.images, "target")
-        return prediction_shares(predicted, self.pair_.source_train.labels,
-                                 [str(c) for c in self.pair_.classes])
+        return prediction_shares(predicted, self.pair_.source_train.labels, self.pair_.classes)
 
     def score(self, split: str = "target_test") -> float:
         """Accuracy on one of the pair's labelled splits (default: the final target-test)."""

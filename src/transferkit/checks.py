@@ -14,6 +14,7 @@ without a single target label.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,9 +63,9 @@ class PredictionShares:
 
 
 def prediction_shares(predicted: torch.Tensor, source_labels: torch.Tensor,
-                      classes: list[str]) -> PredictionShares:
+                      classes: Sequence[object]) -> PredictionShares:
     """Shares of ``predicted`` (class indices of the unlabelled target training images) and
-    of ``source_labels``, over ``classes``."""
+    of ``source_labels``, over ``classes`` (named by their ``str``)."""
     count = len(classes)
     if len(predicted) == 0 or len(source_labels) == 0:
         raise ValueError("prediction_shares needs target predictions and source labels")
@@ -75,4 +76,4 @@ def prediction_shares(predicted: torch.Tensor, source_labels: torch.Tensor,
             raise ValueError(f"class index {len(counts) - 1} for {count} classes")
         return (counts.double() / counts.sum()).tolist()
 
-    return PredictionShares(list(classes), shares(predicted), shares(source_labels))
+    return PredictionShares([str(c) for c in classes], shares(predicted), shares(source_labels))

@@ -19,12 +19,15 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
+
+if TYPE_CHECKING:
+    from transferkit.checks import PredictionShares
 
 
 def _plt():
@@ -89,7 +92,7 @@ def _confusion(
     return _save(fig, path)
 
 
-def _shares(shares: Any, path: Path) -> Path:
+def _shares(shares: PredictionShares, path: Path) -> Path:
     """Bars per class: its share of the source labels, and of the model's predictions on the
     unlabelled target training images; flagged classes (transferkit.checks) in red."""
     plt = _plt()
@@ -293,15 +296,18 @@ def _adapt_report(
             notes.append(f"SA as read here gives target-test accuracy {refitted:.4f}, the run "
                          f"recorded {metrics['target_test_accuracy']:.4f} (a run made before SA "
                          "saved its alignment, fitted again): the pictures are of this fit.")
-    from transferkit.checks import prediction_shares
+    from transferkit.checks import PredictionShares, prediction_shares
     from transferkit.methods import SourceOnly
     from transferkit.training.loop import run_batches
 
-    train = pair.target_train.images
-    shares = prediction_shares(
-        torch.as_tensor(aligned_and_predictions(network, alignment, train, pair)[1])
-        if alignment is not None else run_batches(SourceOnly(network), train, pair).argmax(1),
-        pair.source_train.labels, [str(c) for c in pair.classes])
+    if "label_free_check" in metrics:  # recorded by the run: no second pass over target train
+        shares = PredictionShares.from_dict(metrics["label_free_check"])
+    else:  # a run made before runs recorded it
+        train = pair.target_train.images
+        shares = prediction_shares(
+            torch.as_tensor(aligned_and_predictions(network, alignment, train, pair)[1])
+            if alignment is not None else run_batches(SourceOnly(network), train, pair).argmax(1),
+            pair.source_train.labels, pair.classes)
     if shares.message():
         notes.append(shares.message())
     figures.append((_shares(shares, out / "class_shares.png"),
