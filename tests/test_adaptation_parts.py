@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 
 from transferkit.methods import SubspaceAlignment
@@ -295,3 +296,65 @@ def test_dann_mcc_is_danns_loss_plus_the_confusion_of_the_target_batch():
     weight = network.features[0].weight
     gradient = torch.autograd.grad(both["loss"] - dann["loss"], weight)[0]
     assert float(gradient.abs().sum()) > 0
+
+
+def test_cdan_entropy_weights_favour_sure_images_and_average_one_per_domain():
+    from transferkit.methods.cdan import entropy_weights
+
+    sure, unsure = torch.eye(4)[0], torch.full((4,), 0.25)
+    probabilities = torch.stack([sure, unsure, unsure, sure, unsure])  # 2 source, 3 target
+    weights = entropy_weights(probabilities.requires_grad_(), sources=2)
+    assert not weights.requires_grad
+    torch.testing.assert_close(weights[:2].mean(), torch.tensor(1.0))
+    torch.testing.assert_close(weights[2:].mean(), torch.tensor(1.0))
+    assert weights[0] > weights[1] and weights[3] > weights[2]
+    # 1 + e^0 = 2 for a certain image, 1 + e^(−ln 4) = 1.25 for a uniform one
+    torch.testing.assert_close(weights[0] / weights[1], torch.tensor(2.0 / 1.25))
+
+
+def test_cdan_conditions_the_domain_classifier_on_features_and_predictions():
+    from transferkit.methods import CDAN
+    from transferkit.methods.cdan import RANDOMIZED_DIM
+
+    torch.manual_seed(0)
+    network = DigitNetwork("mnist", 10, 28)  # 768 features × 10 classes > 4096: randomised map
+    cdan = CDAN(network)
+    assert cdan.randomized and network.domain_classifier[0].in_features == RANDOMIZED_DIM
+    features, probabilities = torch.rand(5, 768), torch.softmax(torch.randn(5, 10), dim=1)
+    expected = ((features @ cdan.feature_projection) * (probabilities @ cdan.class_projection)
+                / RANDOMIZED_DIM ** 0.5)
+    torch.testing.assert_close(cdan.condition(features, probabilities), expected)
+    # the map is bilinear: doubling the features doubles it, and it is the outer product
+    # f ⊗ g projected, so it vanishes with either factor
+    torch.testing.assert_close(cdan.condition(2 * features, probabilities), 2 * expected)
+    assert float(cdan.condition(features, torch.zeros(5, 10)).abs().max()) == 0.0
+
+    small = DigitNetwork("mnist", 3, 28)  # 768 × 3 ≤ 4096: the full map f ⊗ g
+    full = CDAN(small)
+    assert not full.randomized and small.domain_classifier[0].in_features == 768 * 3
+    g = torch.tensor([[0.2, 0.3, 0.5]])
+    f = torch.arange(768.0)[None]
+    torch.testing.assert_close(full.condition(f, g), torch.outer(g[0], f[0]).flatten()[None])
+
+
+def test_cdan_trains_only_the_feature_extractor_adversarially():
+    """The predictions that condition the domain classifier are constants: the label
+    predictor's gradient is the class loss's alone, while the features get the reversed
+    domain gradient too."""
+    from transferkit.methods import CDAN
+
+    torch.manual_seed(0)
+    cdan = CDAN(DigitNetwork("mnist", 10, 28))
+    network = cdan.network
+    source, target, labels = torch.randn(6, 3, 28, 28), torch.randn(6, 3, 28, 28), torch.arange(6)
+    values = cdan.losses(source, labels, target, progress=0.5)
+    predictor = list(network.label_predictor.parameters())
+    conv = network.features[0].weight
+    total = torch.autograd.grad(values["loss"], [*predictor, conv])
+    features = network.features(torch.cat([source, target]))
+    class_loss = F.cross_entropy(network.label_predictor(features)[:6], labels)
+    alone = torch.autograd.grad(class_loss, [*predictor, conv])
+    for got, want in zip(total[:-1], alone[:-1], strict=True):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(total[-1], alone[-1])
+    assert 0.0 <= float(values["domain_accuracy"]) <= 1.0

@@ -158,8 +158,10 @@ class DomainAdapter:
     """Unsupervised domain adaptation from a labelled source to an unlabelled target.
 
     ``method``: ``source_only``, ``sa`` (Subspace Alignment on the source-only network's
-    features), ``dann``, ``target_only`` (oracle: trains on target labels), or ``dann_mcc``
-    (DANN + Minimum Class Confusion on the target batch, :mod:`transferkit.methods.mcc`).
+    features), ``dann``, ``target_only`` (oracle: trains on target labels), ``dann_mcc``
+    (DANN + Minimum Class Confusion on the target batch, :mod:`transferkit.methods.mcc`) or
+    ``cdan`` (CDAN+E, the domain classifier conditioned on the class predictions,
+    :mod:`transferkit.methods.cdan`).
     Model selection never looks at target-test labels: the last epoch is kept
     (``selected_by`` says so), and SA's subspace size is chosen on source data.
     ``ema_decay``: keep an exponential moving average of the weights during training and

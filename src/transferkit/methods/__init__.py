@@ -1,6 +1,7 @@
 """Methods, each a small module over the shared training loop, registered by name."""
 
 from transferkit.methods.base import Method
+from transferkit.methods.cdan import CDAN
 from transferkit.methods.dann import DANN
 from transferkit.methods.mcc import DANNMCC
 from transferkit.methods.source_only import SourceOnly
@@ -10,8 +11,8 @@ from transferkit.names import METHOD_NAMES
 
 # "sa" trains the source-only network, then aligns its features (see api.DomainAdapter).
 TRAINED_METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (SourceOnly, TargetOnly, DANN, DANNMCC)
+    cls.name: cls for cls in (SourceOnly, TargetOnly, DANN, DANNMCC, CDAN)
 }
 
-__all__ = ["DANN", "DANNMCC", "METHOD_NAMES", "TRAINED_METHODS", "Method", "SourceOnly",
+__all__ = ["CDAN", "DANN", "DANNMCC", "METHOD_NAMES", "TRAINED_METHODS", "Method", "SourceOnly",
            "SubspaceAlignment", "TargetOnly"]

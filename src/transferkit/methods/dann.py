@@ -62,16 +62,24 @@ class DANN(Method):
         domain_logits = self.network.domain_classifier(
             gradient_reversal(features, coefficient)
         ).squeeze(1)
-        domain_labels = torch.cat([
-            torch.zeros(len(images), device=features.device),
-            torch.ones(len(target_images), device=features.device),
-        ])
+        return self.combine(class_loss, domain_logits, len(images), coefficient), features
+
+    def combine(self, class_loss: torch.Tensor, domain_logits: torch.Tensor, sources: int,
+                coefficient: float, weights: torch.Tensor | None = None,
+                ) -> dict[str, torch.Tensor]:
+        """The step's losses from the domain classifier's logits of the joint batch (its first
+        ``sources`` images are source, label 0; the rest target, label 1). ``weights``, one per
+        image, weight the domain loss (each domain's weights should average 1)."""
+        domain_labels = torch.zeros_like(domain_logits)
+        domain_labels[sources:] = 1.0
         per_sample = F.binary_cross_entropy_with_logits(domain_logits, domain_labels,
                                                         reduction="none")
+        if weights is not None:
+            per_sample = per_sample * weights
         if self.domain_loss == "mean":
             domain_loss = per_sample.mean()
         else:
-            domain_loss = per_sample[: len(images)].mean() + per_sample[len(images) :].mean()
+            domain_loss = per_sample[:sources].mean() + per_sample[sources:].mean()
         domain_accuracy = ((domain_logits > 0).float() == domain_labels).float().mean()
         return {
             "loss": class_loss + domain_loss,
@@ -79,4 +87,4 @@ class DANN(Method):
             "domain_loss": domain_loss.detach(),
             "domain_accuracy": domain_accuracy.detach(),
             "grl_coefficient": torch.tensor(coefficient),
-        }, features
+        }
