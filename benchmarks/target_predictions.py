@@ -6,7 +6,8 @@ labels, after the fact (it chooses nothing).
 Per run: target-test accuracy; mean top class probability and the share of images above 0.9;
 the class predicted most often, its share of the predictions against its share of the labels,
 the share of each other class's images sent to it (min–max), and the accuracy on the images
-not predicted as it.
+not predicted as it; how far the prediction shares are from the target-test label shares
+(total variation), beside how far the source label shares are from them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def describe(run: Path, data_root: str | None) -> str:
     sent = [float((predicted[labels == c] == biggest).float().mean())
             for c in range(count) if c != biggest and (labels == c).any()]
     rest = predicted != biggest
+    shares, truth = shares_of(predicted, count), shares_of(labels, count)
+    source = shares_of(pair.source_train.labels, count)
     return (f"{run}: accuracy {float((predicted == labels).float().mean()):.4f}; mean top "
             f"probability {float(top.mean()):.3f}, {float((top > 0.9).float().mean()):.1%} "
             f"above 0.9; most predicted class {pair.classes[biggest]}: "
@@ -40,7 +43,19 @@ def describe(run: Path, data_root: str | None) -> str:
             f"{float((labels == biggest).float().mean()):.1%} of labels, takes "
             f"{min(sent):.1%}–{max(sent):.1%} of each other class; accuracy on the "
             f"{int(rest.sum())} images predicted otherwise "
-            f"{float((predicted[rest] == labels[rest]).float().mean()):.1%}")
+            f"{float((predicted[rest] == labels[rest]).float().mean()):.1%}; total variation "
+            f"of the prediction shares from the target-test label shares {distance(shares, truth):.3f}"
+            f" (the source label shares are {distance(source, truth):.3f} from them)")
+
+
+def shares_of(labels: torch.Tensor, count: int) -> torch.Tensor:
+    counts = torch.bincount(labels.cpu(), minlength=count).double()
+    return counts / counts.sum()
+
+
+def distance(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Total variation between two class distributions."""
+    return float((first - second).abs().sum() / 2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,8 @@ def test_the_benchmark_table_lists_flagged_runs():
                                  "flagged": flagged.message()}]}
     table = render_table(protocol, [pair], ["dann_mcc"],
                          {"rows": [row], "seeds": 2, "machine": "test"})
-    assert "1 of 2 runs flagged:" in table
+    assert "1 of the 2 runs that recorded it flagged" in table and "computes it for them):" in table
     assert "DANN + MCC (Jin et al. 2020; not in the paper), seed 1: class 0 gets 55.0%" in table
     row["label_free_check"][1]["flagged"] = None
-    assert "no class of the 2 runs made with it" in render_table(
+    assert "no class of the 2 runs that recorded it gets" in render_table(
         protocol, [pair], ["dann_mcc"], {"rows": [row], "seeds": 2, "machine": "test"})

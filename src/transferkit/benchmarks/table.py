@@ -113,10 +113,13 @@ def render_table(protocol: Protocol, pairs: list[PairProtocol], methods: list[st
         lines += ["", "Label-free check (`transferkit.checks`, no target label used): the "
                   "share of the target training images each run predicts as each class, "
                   "against the class's share of the source labels — "
-                  + (f"{len(flagged)} of {sum(len(r['label_free_check']) for r in checked)} "
-                     "runs flagged:" if flagged else
+                  + (f"{len(flagged)} of the {sum(len(r['label_free_check']) for r in checked)} "
+                     "runs that recorded it flagged" if flagged else
                      f"no class of the {sum(len(r['label_free_check']) for r in checked)} "
-                     "runs made with it gets 2× or ½ its source share.")]
+                     "runs that recorded it gets 2× or ½ its source share")
+                  + " (runs made before transferkit recorded the check are not counted; "
+                    "`python benchmarks/class_share_check.py RUN…` computes it for them)"
+                  + (":" if flagged else ".")]
         lines += [f"- {r['source']} → {r['target']}, "
                   f"{protocol.method_titles.get(r['method'], r['method'])}, seed {c['seed']}: "
                   f"{c['flagged'].removeprefix('label-free check: ')}" for r, c in flagged]
