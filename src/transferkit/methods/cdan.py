@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.methods.dann import DANN
+from transferkit.methods.mcc import certainty
 from transferkit.models import gradient_reversal
 from transferkit.models.digit_networks import DigitNetwork, initialize, mlp
 from transferkit.training.schedules import grl_coefficient
@@ -46,9 +47,7 @@ RANDOMIZED_DIM = 1024
 def entropy_weights(probabilities: torch.Tensor, sources: int) -> torch.Tensor:
     """1 + e^(−H(g)) for each row of ``probabilities``, normalised to mean 1 over the first
     ``sources`` rows and over the rest separately; constants (no gradient)."""
-    probabilities = probabilities.detach()
-    entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum(dim=1)
-    weights = 1.0 + torch.exp(-entropy)
+    weights = certainty(probabilities)
     source, target = weights[:sources], weights[sources:]
     return torch.cat([source / source.mean(), target / target.mean()])
 

@@ -31,6 +31,14 @@ MCC_TEMPERATURE = 2.5
 MCC_WEIGHT = 1.0
 
 
+def certainty(probabilities: torch.Tensor) -> torch.Tensor:
+    """1 + e^(−H(p)) of each row of class probabilities: 2 for a certain image, 1 + 1/C for a
+    uniform one; a constant of the step (no gradient). MCC's and CDAN+E's image weights."""
+    probabilities = probabilities.detach()
+    entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum(dim=1)
+    return 1.0 + torch.exp(-entropy)
+
+
 def minimum_class_confusion(logits: torch.Tensor, temperature: float = MCC_TEMPERATURE,
                             ) -> torch.Tensor:
     """L_MCC of a batch of class logits (B × C): a scalar in [0, 1), 0 when no image's
@@ -39,9 +47,8 @@ def minimum_class_confusion(logits: torch.Tensor, temperature: float = MCC_TEMPE
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits of shape {tuple(logits.shape)}: expected B × C with C ≥ 2")
     probabilities = F.softmax(logits / temperature, dim=1)
-    entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum(dim=1)
-    certainty = (1.0 + torch.exp(-entropy)).detach()
-    weights = len(logits) * certainty / certainty.sum()
+    weights = certainty(probabilities)
+    weights = len(logits) * weights / weights.sum()
     correlation = (probabilities * weights[:, None]).T @ probabilities
     correlation = correlation / correlation.sum(dim=0, keepdim=True).clamp_min(1e-12)
     classes = logits.shape[1]
