@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from transferkit.checks import PredictionShares, prediction_shares
 from transferkit.data.pairs import DomainPair, DomainSplit, held_out_tenth, load_pair, pair_of_run
 from transferkit.errors import TransferkitError
-from transferkit.methods import METHOD_NAMES, TRAINED_METHODS, Method, SubspaceAlignment
+from transferkit.methods import METHOD_NAMES, Method, SubspaceAlignment, trained_method
 from transferkit.methods.subspace_alignment import SA_FEATURES
 from transferkit.models import NETWORKS, DigitNetwork
 from transferkit.names import GEOMETRIES
@@ -234,9 +234,8 @@ class DomainAdapter:
             (self.run_dir / "config.json").write_text(json.dumps(record, indent=2))
 
         torch.manual_seed(self.config.seed)  # the same initial weights for every method
-        trained = "source_only" if self.method == "sa" else self.method
         self.last_weights_: Method | None = None  # set when the model is a weight average
-        self.model_ = TRAINED_METHODS[trained](
+        self.model_ = trained_method(self.method)(
             DigitNetwork(network_name, len(pair.classes), pair.image_size))
         if self.method == "sa" and self.init_from is not None:
             self.model_.load_state_dict(load_file(str(self.init_from)))
@@ -283,8 +282,7 @@ class DomainAdapter:
                       geometry=config.get("geometry", "resize"),
                       ema_decay=config.get("ema_decay"), progress=progress)
         pair = pair_of_run(config, data_root)
-        trained = "source_only" if adapter.method == "sa" else adapter.method
-        model = TRAINED_METHODS[trained](
+        model = trained_method(adapter.method)(
             DigitNetwork(adapter.network, len(pair.classes), pair.image_size))
         model.load_state_dict(load_file(str(weights_path)))
         adapter.device_ = resolve_device(device)

@@ -204,13 +204,13 @@ def _fmt(value: Any) -> str:
 def adapt_network(run: Path, config: dict[str, Any], classes: int, trained: bool = True):
     from safetensors.torch import load_file
 
-    from transferkit.methods import TRAINED_METHODS
+    from transferkit.methods import trained_method
     from transferkit.models.digit_networks import DigitNetwork
 
     torch.manual_seed(config.get("seed", 0))  # the initial weights the run started from
     network = DigitNetwork(config["network"], classes, config["image_size"])
     # the method may reshape the network (CDAN widens the domain classifier's input)
-    method = TRAINED_METHODS.get(config.get("method", ""), TRAINED_METHODS["source_only"])(network)
+    method = trained_method(config["method"])(network)
     if trained:
         method.load_state_dict(load_file(str(run / "model.safetensors")))
     return network.eval()

@@ -14,5 +14,11 @@ TRAINED_METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (SourceOnly, TargetOnly, DANN, DANNMCC, CDAN)
 }
 
+
+def trained_method(name: str) -> type[Method]:
+    """The class that trains method ``name``'s network (SA's is the source-only network)."""
+    return TRAINED_METHODS["source_only" if name == "sa" else name]
+
+
 __all__ = ["CDAN", "DANN", "DANNMCC", "METHOD_NAMES", "TRAINED_METHODS", "Method", "SourceOnly",
-           "SubspaceAlignment", "TargetOnly"]
+           "SubspaceAlignment", "TargetOnly", "trained_method"]
