@@ -68,7 +68,9 @@ def child_real_data(steps: int) -> None:
 
 
 def child(steps: int) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch
+    from conv_layer_times import milliseconds
     from torch import nn
 
     from transferkit.methods import DANN
@@ -83,12 +85,7 @@ def child(steps: int) -> None:
         out = conv(images)
         out.backward(torch.ones_like(out))
 
-    for _ in range(5):
-        convolution()
-    start = time.perf_counter()
-    for _ in range(30):
-        convolution()
-    conv_ms = (time.perf_counter() - start) / 30 * 1000
+    conv_ms = milliseconds(convolution)  # 5 warm-up calls, then the mean of 30
 
     method = DANN(DigitNetwork("mnist", 10, 28)).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
