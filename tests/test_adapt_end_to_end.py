@@ -342,3 +342,26 @@ def test_methods_past_the_paper_run_end_to_end_and_load_back(method, digit_root,
     assert main(["report", str(out), "--samples", "20", "--data-root", str(digit_root)]) == 0
     for picture in ("curves.png", "class_shares.png"):
         assert (out / "report" / picture).is_file()
+
+
+def test_inference_batches_do_not_change_the_outputs(digit_root, monkeypatch):
+    from transferkit.data import load_pair
+    from transferkit.methods import trained_method
+    from transferkit.models import DigitNetwork
+    from transferkit.training import loop
+
+    pair = load_pair("mnist", "mnist_m", data_root=digit_root, geometry="center")
+    torch.manual_seed(0)
+    model = trained_method("dann")(DigitNetwork("mnist", 10, pair.image_size))
+    images = pair.target_train.images
+    whole = loop.run_batches(model, images, pair, batch_size=len(images))
+    assert whole.shape == (len(images), 10)
+    torch.testing.assert_close(loop.run_batches(model, images, pair, batch_size=7), whole)
+    hidden = loop.run_batches(model, images, pair, output="hidden", batch_size=5)
+    torch.testing.assert_close(hidden, loop.run_batches(model, images, pair, output="hidden"))
+
+    seen = []  # the default batch is the CPU's: record the slices the network is given
+    monkeypatch.setattr(loop, "CPU_INFERENCE_BATCH", 40)
+    model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    loop.run_batches(model, images, pair)
+    assert seen == [40, 40, 16]
