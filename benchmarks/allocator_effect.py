@@ -30,7 +30,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 # mallopt's parameter numbers, from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -71,6 +70,7 @@ def child(steps: int) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch
     from conv_layer_times import milliseconds
+    from step_throughput import images_per_second
     from torch import nn
 
     from transferkit.methods import DANN
@@ -100,12 +100,7 @@ def child(steps: int) -> None:
         values["loss"].backward()
         optimizer.step()
 
-    for _ in range(10):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    rate = steps * 128 / (time.perf_counter() - start)
+    rate = images_per_second(step, steps)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"applied": applied, "conv1_ms": conv_ms, "images_per_second": rate,
                       "peak_mb": peak_mb}))

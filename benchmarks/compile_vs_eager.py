@@ -8,10 +8,10 @@ Three measurements of 60 steps each (after 10 warm-up steps, which include compi
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 import torch.nn.functional as F
+from step_throughput import images_per_second
 
 from transferkit.models import DigitNetwork, gradient_reversal
 
@@ -38,12 +38,7 @@ def rate(compiled: bool, steps: int = 60) -> float:
 
     if compiled:
         step = torch.compile(step)
-    for _ in range(10):
-        step(source, target, labels)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(source, target, labels)
-    return steps * 128 / (time.perf_counter() - start)
+    return images_per_second(lambda: step(source, target, labels), steps)
 
 
 def main() -> None:

@@ -48,6 +48,20 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def images_per_second(step, steps: int, device: str = "cpu", warmup: int = 10,
+                      images_per_step: int = 128) -> float:
+    """Source+target images/s of ``steps`` calls of ``step`` after ``warmup`` calls (on a GPU
+    the clock is read after the device has finished)."""
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _synchronize(device)
+    return steps * images_per_step / (time.perf_counter() - start)
+
+
 def plain_rate(steps: int, device: str = "cpu") -> float:
     torch.manual_seed(0)
     net = plain_network().to(device)
@@ -66,14 +80,7 @@ def plain_rate(steps: int, device: str = "cpu") -> float:
         loss.backward()
         optimizer.step()
 
-    for _ in range(10):
-        step()
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _synchronize(device)
-    return steps * 128 / (time.perf_counter() - start)
+    return images_per_second(step, steps, device)
 
 
 def transferkit_rate(pair, steps: int, ema_decay: float | None = None,
