@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -322,7 +323,7 @@ def test_weight_average_is_the_model_survives_an_interruption_and_is_a_setting(
     assert "--ema-decay 1.5: expected a number strictly between 0 and 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["dann_mcc", "cdan"])
+@pytest.mark.parametrize("method", ["dann_mcc", "cdan", "vada"])
 def test_methods_past_the_paper_run_end_to_end_and_load_back(method, digit_root, tmp_path):
     out = tmp_path / method
     assert main(["adapt", "--method", method, "--source", "mnist", "--target", "mnist_m",
@@ -332,6 +333,9 @@ def test_methods_past_the_paper_run_end_to_end_and_load_back(method, digit_root,
     assert {"class_loss", "domain_loss", "domain_accuracy"} <= set(lines[-1])
     if method == "dann_mcc":
         assert 0.0 < lines[-1]["mcc_loss"] < 1.0
+    if method == "vada":
+        assert 0.0 < lines[-1]["target_entropy"] <= math.log(10) + 1e-6
+        assert lines[-1]["source_vat"] >= 0.0 and lines[-1]["target_vat"] >= 0.0
     final = json.loads((out / "metrics.json").read_text())
     reopened = DomainAdapter.load(out, data_root=digit_root, progress=False)
     assert reopened.score() == final["target_test_accuracy"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
+from torch import nn
 
 from transferkit.methods import SubspaceAlignment
 from transferkit.models import NETWORKS, DigitNetwork, GradientReversal, gradient_reversal
@@ -358,3 +359,77 @@ def test_cdan_trains_only_the_feature_extractor_adversarially():
         torch.testing.assert_close(got, want)
     assert not torch.allclose(total[-1], alone[-1])
     assert 0.0 <= float(values["domain_accuracy"]) <= 1.0
+
+
+def test_vada_radius_matches_the_authors_share_of_the_pixel_range():
+    from transferkit.methods import VADA
+    from transferkit.methods.vada import matched_radius
+
+    assert matched_radius(32 * 32 * 3, pixel_range=2.0) == pytest.approx(3.5)
+    assert matched_radius(32 * 32 * 3) == pytest.approx(1.75)
+    assert matched_radius(28 * 28 * 3) == pytest.approx(1.75 * (2352 / 3072) ** 0.5)
+    assert VADA(DigitNetwork("mnist", 10, 28)).radius == pytest.approx(matched_radius(2352))
+    with pytest.raises(ValueError):
+        matched_radius(0)
+
+
+def test_conditional_entropy_is_ln_classes_when_uniform_and_zero_when_certain():
+    from transferkit.methods.vada import conditional_entropy
+
+    assert float(conditional_entropy(torch.zeros(5, 10))) == pytest.approx(math.log(10))
+    assert float(conditional_entropy(1e4 * torch.eye(10)[:3])) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_virtual_adversarial_direction_changes_the_prediction_more_than_random_ones():
+    from transferkit.methods.vada import virtual_adversarial_divergence
+
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(48, 5))
+    images = torch.randn(8, 3, 4, 4)
+    logits = classifier(images)
+    adversarial = virtual_adversarial_divergence(classifier, images, logits, radius=0.5)
+    assert adversarial.shape == (8,)
+    with torch.no_grad():
+        p = torch.softmax(logits, 1)
+        strongest_random = torch.zeros(8)
+        for _ in range(50):
+            r = torch.randn_like(images)
+            r = 0.5 * r / r.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            log_q = torch.log_softmax(classifier(images + r), 1)
+            kl = (p * (torch.log(p) - log_q)).sum(1)
+            strongest_random = torch.maximum(strongest_random, kl)
+    assert bool((adversarial > strongest_random).all())
+    # p(x) is a constant: the weights get gradient only through p(x + r)
+    weight_gradient = torch.autograd.grad(adversarial.sum(), classifier[1].weight)[0]
+    assert float(weight_gradient.abs().sum()) > 0
+    unmoved = virtual_adversarial_divergence(classifier, images, logits, radius=0.0)
+    assert float(unmoved.detach().abs().max()) < 1e-6
+
+
+def test_vada_is_danns_loss_plus_the_cluster_terms():
+    from transferkit.methods import DANN, VADA
+    from transferkit.methods.vada import (
+        SOURCE_WEIGHT,
+        TARGET_WEIGHT,
+        conditional_entropy,
+        virtual_adversarial_divergence,
+    )
+
+    torch.manual_seed(0)
+    network = DigitNetwork("mnist", 10, 28)
+    source, target, labels = torch.randn(4, 3, 28, 28), torch.randn(6, 3, 28, 28), torch.arange(4)
+    dann = DANN(network).losses(source, labels, target, progress=0.4)
+    torch.manual_seed(1)
+    vada = VADA(network).losses(source, labels, target, progress=0.4)
+    joint = torch.cat([source, target])
+    torch.manual_seed(1)
+    divergence = virtual_adversarial_divergence(network, joint, network(joint),
+                                                VADA(network).radius)
+    entropy = conditional_entropy(network(target))
+    torch.testing.assert_close(vada["target_entropy"], entropy.detach())
+    torch.testing.assert_close(vada["source_vat"], divergence[:4].mean().detach())
+    torch.testing.assert_close(vada["target_vat"], divergence[4:].mean().detach())
+    expected = dann["loss"] + SOURCE_WEIGHT * divergence[:4].mean() + TARGET_WEIGHT * (
+        entropy + divergence[4:].mean())
+    torch.testing.assert_close(vada["loss"], expected)
+    torch.testing.assert_close(vada["domain_loss"], dann["domain_loss"])

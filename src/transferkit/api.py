@@ -159,9 +159,10 @@ class DomainAdapter:
 
     ``method``: ``source_only``, ``sa`` (Subspace Alignment on the source-only network's
     features), ``dann``, ``target_only`` (oracle: trains on target labels), ``dann_mcc``
-    (DANN + Minimum Class Confusion on the target batch, :mod:`transferkit.methods.mcc`) or
+    (DANN + Minimum Class Confusion on the target batch, :mod:`transferkit.methods.mcc`),
     ``cdan`` (CDAN+E, the domain classifier conditioned on the class predictions,
-    :mod:`transferkit.methods.cdan`).
+    :mod:`transferkit.methods.cdan`) or ``vada`` (DANN + conditional entropy on the target +
+    virtual adversarial training, :mod:`transferkit.methods.vada`).
     Model selection never looks at target-test labels: the last epoch is kept
     (``selected_by`` says so), and SA's subspace size is chosen on source data.
     ``ema_decay``: keep an exponential moving average of the weights during training and

@@ -383,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "validation); dann; target_only (oracle); dann_mcc (DANN + "
                             "Minimum Class Confusion on the target, Jin et al. 2020); cdan "
                             "(CDAN+E: the domain classifier conditioned on the class "
-                            "predictions, Long et al. 2018) — the last two past the DANN "
-                            "paper")
+                            "predictions, Long et al. 2018); vada (DANN + target "
+                            "entropy + virtual adversarial training, Shu et al. 2018) — the "
+                            "last three past the DANN paper")
     adapt.add_argument("--source", required=True, help="labelled source data set, e.g. mnist")
     adapt.add_argument("--target", required=True, help="unlabelled target data set, e.g. mnist_m")
     adapt.add_argument("--epochs", type=int, default=10, help="passes over the labelled data")

@@ -33,7 +33,7 @@ class Protocol:
     title: str
     pairs: tuple[PairProtocol, ...]
     methods: tuple[str, ...] = ("source_only", "sa", "dann", "target_only", "dann_mcc",
-                                 "cdan")
+                                 "cdan", "vada")
     method_titles: dict[str, str] = field(default_factory=dict)
 
 
@@ -63,7 +63,8 @@ GANIN2016 = Protocol(
     method_titles={"source_only": "Source only", "sa": "SA (Fernando et al. 2013)",
                    "dann": "DANN", "target_only": "Train on target (oracle)",
                    "dann_mcc": "DANN + MCC (Jin et al. 2020; not in the paper)",
-                   "cdan": "CDAN+E (Long et al. 2018; not in the paper)"},
+                   "cdan": "CDAN+E (Long et al. 2018; not in the paper)",
+                   "vada": "VADA on DANN's protocol (Shu et al. 2018; not in the paper)"},
 )
 
 PROTOCOLS = {GANIN2016.name: GANIN2016}

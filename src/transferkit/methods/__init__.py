@@ -7,11 +7,12 @@ from transferkit.methods.mcc import DANNMCC
 from transferkit.methods.source_only import SourceOnly
 from transferkit.methods.subspace_alignment import SubspaceAlignment
 from transferkit.methods.target_only import TargetOnly
+from transferkit.methods.vada import VADA
 from transferkit.names import METHOD_NAMES
 
 # "sa" trains the source-only network, then aligns its features (see api.DomainAdapter).
 TRAINED_METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (SourceOnly, TargetOnly, DANN, DANNMCC, CDAN)
+    cls.name: cls for cls in (SourceOnly, TargetOnly, DANN, DANNMCC, CDAN, VADA)
 }
 
 
@@ -21,4 +22,4 @@ def trained_method(name: str) -> type[Method]:
 
 
 __all__ = ["CDAN", "DANN", "DANNMCC", "METHOD_NAMES", "TRAINED_METHODS", "Method", "SourceOnly",
-           "SubspaceAlignment", "TargetOnly", "trained_method"]
+           "SubspaceAlignment", "TargetOnly", "VADA", "trained_method"]
