@@ -181,3 +181,60 @@ def write_tiny_adapt_runs(data_root: Path, folder: Path, epochs: int = 1) -> Pat
             progress=False,
         ).fit("mnist", "mnist_m")
     return folder
+
+
+def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A tiny PNG whose header claims ``width``×``height`` pixels: Pillow refuses to open it as a
+    decompression bomb (more than twice ``PIL.Image.MAX_IMAGE_PIXELS``) before decoding anything."""
+    import zlib
+
+    data = bytearray(encode(np.zeros((1, 1, 1), dtype=np.uint8), "PNG"))
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def corrupt_zip_member(path: Path, member: str) -> None:
+    """Flip bytes in the middle of ``member``'s data inside the zip at ``path``, so that reading
+    it fails (a CRC mismatch, or an invalid deflate stream); the zip's directory stays intact."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    data = bytearray(path.read_bytes())
+    header = info.header_offset
+    name_length, extra_length = struct.unpack("<HH", data[header + 26 : header + 30])
+    start = header + 30 + name_length + extra_length
+    middle = start + info.compress_size // 2
+    for i in range(middle, min(middle + 4, start + info.compress_size)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def write_zip(path: Path, members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> None:
+    """A zip holding ``members`` in order, as given: duplicate names are written twice."""
+    import warnings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about duplicate names; they are the point
+        with zipfile.ZipFile(path, "w", compression) as archive:
+            for name, data in members:
+                archive.writestr(name, data)
+
+
+def png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit-per-sample PNG of uint16 H×W×C pixels, C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+    (Pillow cannot write most of these itself)."""
+    import zlib
+
+    height, width, channels = pixels.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = pixels.astype(">u2").reshape(height, width * channels)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))

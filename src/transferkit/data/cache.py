@@ -61,7 +61,8 @@ def cached(
     """The cached set under ``root/name-key``, building and storing it on a miss.
 
     Returns the set and whether it came from the cache. A cache that cannot be written
-    (read-only home) is not an error: the decoded set is returned uncached.
+    (read-only home, full disk) is not an error: the decoded set is returned uncached. A
+    write that fails in any way removes its staging folder.
     """
     directory = root / f"{name}-{key}"
     if (directory / "classes.json").exists():
@@ -70,11 +71,16 @@ def cached(
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        _save(staging, image_set)
-        try:
-            os.replace(staging, directory)
-        except OSError:  # another process won the race; its copy is as good as ours
-            shutil.rmtree(staging, ignore_errors=True)
     except OSError:
         return image_set, False
+    try:
+        _save(staging, image_set)
+        os.replace(staging, directory)
+    except BaseException as exc:  # also an interrupt: never leave a half-written folder behind
+        shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(exc, OSError):
+            raise
+        if not (directory / "classes.json").exists():
+            return image_set, False
+        # else another process won the race to rename; its copy is as good as ours
     return _load(directory), False

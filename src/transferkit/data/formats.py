@@ -12,6 +12,8 @@ import csv
 import gzip
 import io
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from transferkit.data.decode import IMAGE_EXTENSIONS, decode_many
+from transferkit.data.decode import IMAGE_EXTENSIONS, decode_many, decode_text, read_text_file, reason
 from transferkit.data.images import RaggedImages, stack_images
 from transferkit.errors import DataError
 
@@ -53,10 +55,41 @@ def check_labels(labels: np.ndarray, num_classes: int | None, where: Path | str)
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
+    """The zip at ``path``; one with two members of the same name is refused (which is meant?)."""
     try:
-        return zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(path, f"not a readable zip archive ({exc})") from None
+        raise DataError(path, f"not a readable zip archive ({reason(exc)})") from None
+    repeated = [(name, n) for name, n in Counter(archive.namelist()).items() if n > 1]
+    if repeated:
+        archive.close()
+        listing = ", ".join(f"{name} {'twice' if n == 2 else f'{n} times'}" for name, n in repeated[:5])
+        more = f" and {len(repeated) - 5} more names" if len(repeated) > 5 else ""
+        raise DataError(path, f"holds {listing}{more}: duplicate member names, so which file is "
+                              f"meant is unclear; rebuild the zip with one member per name")
+    return archive
+
+
+def _read_member(archive: zipfile.ZipFile, path: Path, member: str) -> bytes:
+    """The bytes of one zip member; a damaged member is a one-line error naming it."""
+    try:
+        return archive.read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise DataError(
+            f"{path}:{member}", f"corrupt zip member ({reason(exc)}); copy or download the zip again"
+        ) from None
+    except (NotImplementedError, RuntimeError) as exc:  # unknown compression; encrypted
+        raise DataError(f"{path}:{member}", f"unreadable zip member ({reason(exc)})") from None
+
+
+def _duplicate(files: Sequence[tuple[int, str]], where: Path | str) -> None:
+    """Refuse a label list that names one file on two lines (``files``: line number, name)."""
+    first: dict[str, int] = {}
+    for line, name in files:
+        if name in first:
+            raise DataError(where, f"lists {name} twice (lines {first[name]} and {line}); each image "
+                                   f"must be listed once, with one label")
+        first[name] = line
 
 
 # --- MNIST idx ------------------------------------------------------------------------------
@@ -75,7 +108,7 @@ def _read_idx(path: Path, header_only: bool = False) -> np.ndarray | tuple[int, 
                 return shape
             data = handle.read()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(path, f"cannot read idx data ({exc})") from None
+        raise DataError(path, f"cannot read idx data ({reason(exc)})") from None
     expected = int(np.prod(shape))
     if len(data) != expected:
         raise DataError(path, f"truncated: header promises {expected} bytes, found {len(data)}")
@@ -116,18 +149,34 @@ class IdxFormat:
 
 
 def _zip_labels(archive: zipfile.ZipFile, path: Path) -> list[tuple[str, str]]:
+    """``labels.csv``'s (file, label) rows: UTF-8 (a byte-order mark is fine), header
+    ``file,label``, at least one row, each file once."""
+    where = f"{path}:labels.csv"
     try:
-        text = archive.read("labels.csv").decode("utf-8")
+        archive.getinfo("labels.csv")
     except KeyError:
         raise DataError(path, "has no labels.csv (expected header file,label)") from None
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows or [c.strip() for c in rows[0]] != ["file", "label"]:
-        raise DataError(f"{path}:labels.csv", "header must be 'file,label'")
-    body = [r for r in rows[1:] if r]
-    for number, row in enumerate(body, start=2):
+    text = decode_text(_read_member(archive, path, "labels.csv"), where)
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise DataError(where, f"not a readable csv file ({reason(exc)})") from None
+    if not any(rows):
+        raise DataError(where, "is empty (expected a header 'file,label' and one line per image)")
+    header = [c.strip() for c in rows[0]]
+    if header != ["file", "label"]:
+        if any("\ufeff" in c for c in rows[0]):
+            raise DataError(where, "header must be 'file,label' but holds a byte-order mark (U+FEFF) "
+                                   "inside it; save the file as UTF-8 without one")
+        raise DataError(where, f"header must be 'file,label', found {','.join(rows[0])!r}")
+    body = [(number, row) for number, row in enumerate(rows[1:], start=2) if row]
+    if not body:
+        raise DataError(where, "has a header but no rows (expected one line 'file,label' per image)")
+    for number, row in body:
         if len(row) != 2:
-            raise DataError(f"{path}:labels.csv", f"line {number} must have 2 fields: {row}")
-    return [(r[0].strip(), r[1].strip()) for r in body]
+            raise DataError(where, f"line {number} must have 2 fields: {row}")
+    _duplicate([(number, row[0].strip()) for number, row in body], where)
+    return [(row[0].strip(), row[1].strip()) for _, row in body]
 
 
 def _parse_label(text: str, where: str) -> int:
@@ -161,7 +210,7 @@ class ImageZipFormat:
                 [_parse_label(label, f"{path}:labels.csv") for _, label in rows], dtype=np.int64
             )
             labels = check_labels(labels, num_classes, f"{path}:labels.csv")
-            items = [(f"{path}:{file}", _reader(archive, file)) for file, _ in rows]
+            items = [(f"{path}:{file}", _reader(archive, path, file)) for file, _ in rows]
             images = decode_many(items, self.mode, desc=path.name)
         return stack_images(images), labels
 
@@ -174,12 +223,18 @@ class ImageZipFormat:
         return [base / self.zip_file]
 
 
-def _reader(archive: zipfile.ZipFile, member: str):
-    return lambda: archive.read(member)
+def _reader(archive: zipfile.ZipFile, path: Path, member: str):
+    return lambda: _read_member(archive, path, member)
 
 
 def _file_reader(path: Path):
-    return path.read_bytes
+    def read() -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise DataError(path, f"cannot be read ({reason(exc)})") from None
+
+    return read
 
 
 # --- ImageFolder layout --------------------------------------------------------------------
@@ -268,7 +323,7 @@ class MatFormat:
         try:
             content = loadmat(path, variable_names=["X", "y"])
         except Exception as exc:  # scipy raises several types for a bad file
-            raise DataError(path, f"not a readable .mat file ({exc})") from None
+            raise DataError(path, f"not a readable .mat file ({reason(exc)})") from None
         if "X" not in content or "y" not in content:
             raise DataError(path, "must hold variables X (32x32x3xN) and y (Nx1)")
         images, labels = content["X"], content["y"].reshape(-1)
@@ -310,7 +365,7 @@ class LibsvmUspsFormat:
             with bz2.open(path, "rt") as handle:
                 return [line for line in handle if line.strip()]
         except (OSError, EOFError, ValueError) as exc:
-            raise DataError(path, f"not a readable bz2 file ({exc})") from None
+            raise DataError(path, f"not a readable bz2 file ({reason(exc)})") from None
 
     def read(self, base: Path, num_classes: int | None) -> tuple[Pixels, np.ndarray]:
         path = base / self.bz2_file
@@ -379,7 +434,7 @@ class GtsrbTrainFormat:
         with _open_zip(path) as archive:
             samples = self._samples(archive, path)
             labels = check_labels(np.array([s[1] for s in samples]), num_classes, path)
-            items = [(f"{path}:{name}", _reader(archive, name)) for name, _ in samples]
+            items = [(f"{path}:{name}", _reader(archive, path, name)) for name, _ in samples]
             images = decode_many(items, "RGB", (self.size, self.size), desc=path.name)
         return np.stack(images), labels
 
@@ -411,7 +466,8 @@ class GtsrbTestFormat:
             names = [n for n in archive.namelist() if n.endswith("GT-final_test.csv")]
             if not names:
                 raise DataError(path, "holds no GT-final_test.csv")
-            return _gtsrb_csv(archive.read(names[0]).decode("utf-8"), f"{path}:{names[0]}")
+            where = f"{path}:{names[0]}"
+            return _gtsrb_csv(decode_text(_read_member(archive, path, names[0]), where), where)
 
     def read(self, base: Path, num_classes: int | None) -> tuple[Pixels, np.ndarray]:
         rows = self._rows(base)
@@ -425,7 +481,7 @@ class GtsrbTestFormat:
                 member = by_file.get(row["Filename"])
                 if member is None:
                     raise DataError(base / self.labels_zip, f"names {row['Filename']}, not in {path}")
-                items.append((f"{path}:{member}", _reader(archive, member)))
+                items.append((f"{path}:{member}", _reader(archive, path, member)))
             images = decode_many(items, "RGB", (self.size, self.size), desc=path.name)
         return np.stack(images), labels
 
@@ -453,14 +509,18 @@ class PngListFormat:
 
     def _rows(self, base: Path) -> list[tuple[str, str]]:
         path = base / self.labels_file
-        rows = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        rows, lines = [], []
+        for number, line in enumerate(read_text_file(path).splitlines(), start=1):
             if not line.strip():
                 continue
             fields = line.split()
             if len(fields) != 2:
                 raise DataError(path, f"line {number} must be 'FILENAME LABEL', got {line!r}")
             rows.append((fields[0], fields[1]))
+            lines.append((number, fields[0]))
+        if not rows:
+            raise DataError(path, "is empty (expected one line 'FILENAME LABEL' per image)")
+        _duplicate(lines, path)
         return rows
 
     def read(self, base: Path, num_classes: int | None) -> tuple[Pixels, np.ndarray]:

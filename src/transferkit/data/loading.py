@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from transferkit.data.cache import cache_key, cached
+from transferkit.data.decode import reason
 from transferkit.data.download import download
 from transferkit.data.formats import present
 from transferkit.data.images import ImageSet
@@ -54,7 +55,7 @@ def locate(source: DatasetSource, split: str, data_root: Path, allow_download: b
                 download(remote.url, base / name, md5=remote.md5, sha256=remote.sha256)
             return candidate
         except OSError as exc:
-            note = f" Download failed ({exc})."
+            note = f" Download failed ({reason(exc)})."
             break
     wanted = [n for n in source.splits[split][0].format.files if not (base / n).exists()]
     raise DataMissingError(source.name, base, wanted, source.obtain + "." + note)
@@ -93,4 +94,28 @@ def read_layout(source: DatasetSource, split: str, data_root: Path, layout: Layo
         return ImageSet(images, np.asarray(labels, dtype=np.int64), names)
 
     image_set, _ = cached(cache_dir(), _cache_name(source, split), key, build)
+    if source.directory is not None and split in TRAINING_SPLITS:  # user data: classes from files
+        check_classes(source, split, image_set)
     return image_set
+
+
+TRAINING_SPLITS = ("train", "all")
+
+
+def check_classes(source: DatasetSource, split: str, image_set: ImageSet) -> None:
+    """A split to train on must hold images of two classes at least: with one, every
+    prediction is right and a run reports accuracy 1.0 having learnt nothing."""
+    classes = image_set.classes
+    if len(classes) < 2:
+        raise TransferkitError(
+            f"{source.name}: {split} has one class only ({', '.join(classes) or 'none'}); a "
+            f"classifier needs at least two"
+        )
+    present = np.unique(np.asarray(image_set.labels))
+    if len(present) == 1:
+        label = int(present[0])
+        name = f" ({classes[label]})" if classes[label] != str(label) else ""
+        raise TransferkitError(
+            f"{source.name}: {split} has {len(classes)} classes but every image is labelled "
+            f"{label}{name}; a classifier needs images of at least two"
+        )

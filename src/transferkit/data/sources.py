@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transferkit.data.decode import read_text_file
 from transferkit.data.formats import (
     Format,
     GtsrbTestFormat,
@@ -259,7 +260,7 @@ def _zip_source(spec: str, path: Path) -> DatasetSource:
     else:
         raise TransferkitError(f"{spec}: {path} does not exist (expected a .zip or a folder of them)")
     names = directory / "classes.txt"
-    classes = tuple(names.read_text().split()) if names.is_file() else None
+    classes = tuple(read_text_file(names).split()) if names.is_file() else None
     return DatasetSource(
         name=spec, title=f"image zip {path}", classes=classes, splits=splits,
         licence="user data", homepage="", obtain="", directory=directory,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transferkit.data.decode import read_text_file, reason
 from transferkit.data.download import checksum_problem
 from transferkit.data.loading import find_layout, read_layout
 from transferkit.data.sources import DatasetSource, Layout
-from transferkit.errors import DataError
+from transferkit.errors import TransferkitError
 
 
 def read_manifests(data_root: Path) -> dict[Path, str]:
@@ -18,7 +19,7 @@ def read_manifests(data_root: Path) -> dict[Path, str]:
     for manifest in sorted(data_root.glob("*SHA256SUMS")):
         prefix = manifest.name[: -len(".SHA256SUMS")] if manifest.name != "SHA256SUMS" else ""
         base = data_root / prefix
-        for line in manifest.read_text().splitlines():
+        for line in read_text_file(manifest).splitlines():
             digest, _, name = line.strip().partition(" ")
             name = name.strip().lstrip("*")
             if digest and name:
@@ -72,6 +73,29 @@ def _listed_but_absent(layout: Layout, base: Path, manifest: dict[Path, str]) ->
     )
 
 
+def _check_split(
+    source: DatasetSource, split: str, data_root: Path, layout: Layout, manifest: dict[Path, str],
+    decode: bool, report: DatasetReport, split_report: SplitReport, methods: set[str],
+) -> None:
+    base = source.base(data_root)
+    unchecked = decode
+    for path in _listed_but_absent(layout, base, manifest):
+        report.problems.append(f"{path}: listed in a SHA256SUMS manifest but missing")
+    for path, sums in _checksums(layout, base, manifest):
+        if not any(sums.values()):
+            unchecked = True
+            continue
+        methods.update(k for k, v in sums.items() if v)
+        problem = checksum_problem(path, **sums)
+        if problem:
+            report.problems.append(f"{path}: {problem}")
+    if unchecked:
+        methods.add("decode")
+        split_report.count = len(read_layout(source, split, data_root, layout))
+    else:
+        split_report.count = layout.format.count(base)
+
+
 def verify_source(
     source: DatasetSource, data_root: Path, manifest: dict[Path, str], decode: bool = False
 ) -> DatasetReport:
@@ -84,26 +108,16 @@ def verify_source(
             continue
         split_report = SplitReport(split, expected=layout.expected)
         report.splits.append(split_report)
-        methods = set()
-        unchecked = decode
-        for path in _listed_but_absent(layout, base, manifest):
-            report.problems.append(f"{path}: listed in a SHA256SUMS manifest but missing")
-        for path, sums in _checksums(layout, base, manifest):
-            if not any(sums.values()):
-                unchecked = True
-                continue
-            methods.update(k for k, v in sums.items() if v)
-            problem = checksum_problem(path, **sums)
-            if problem:
-                report.problems.append(f"{path}: {problem}")
-        try:
-            if unchecked:
-                methods.add("decode")
-                split_report.count = len(read_layout(source, split, data_root, layout))
-            else:
-                split_report.count = layout.format.count(base)
-        except DataError as exc:
+        methods: set[str] = set()
+        try:  # a split that cannot be read is this data set's problem; the next one is checked
+            _check_split(source, split, data_root, layout, manifest, decode, report, split_report,
+                         methods)
+        except TransferkitError as exc:
             report.problems.append(str(exc))
+            continue
+        except OSError as exc:
+            report.problems.append(f"{getattr(exc, 'filename', None) or base}: cannot be read "
+                                   f"({reason(exc)})")
             continue
         split_report.checked_by = "+".join(sorted(methods))
         if layout.expected is not None and split_report.count != layout.expected:

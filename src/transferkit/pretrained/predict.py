@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferkit.errors import TransferkitError
+from transferkit.errors import DataError, TransferkitError
 from transferkit.pretrained import imaging
 from transferkit.pretrained.classifier import Classifier
 
@@ -45,16 +45,17 @@ def expand(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _read(path: Path, side: int) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    """One image as the training data was decoded (every mode, 16-bit ones scaled to 8 bits),
+    resized and centre-cropped to ``side``; a file that cannot be used raises the problem."""
+    from transferkit.data.decode import read_image_file
 
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise TransferkitError(f"not a readable image ({exc.__class__.__name__})") from exc
+        pixels = read_image_file(path, "RGB")
+    except DataError as exc:  # the caller names the file
+        raise TransferkitError(exc.problem) from None
     import torchvision.transforms.v2.functional as TF
 
-    tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+    tensor = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)
     return TF.center_crop(TF.resize(tensor, side, antialias=True), [side, side])
 
 
