@@ -230,8 +230,10 @@ def test_benchmark_runs_side_by_side_with_jobs_and_sa_reuses_the_source_only_net
     config_path.write_text(json.dumps(config))
     assert main(args) == 2
     assert "sa_features=None there, 'label_predictor_last_hidden' here" in capsys.readouterr().err
-    assert main(["benchmark", "ganin2016", "--jobs", "0"]) == 2
-    assert "--jobs 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # refused by the argument parser
+        main(["benchmark", "ganin2016", "--jobs", "0"])
+    assert refused.value.code == 2
+    assert "argument --jobs: expected an integer ≥ 1, got 0" in capsys.readouterr().err
 
 
 def test_benchmark_report_only_tables_finished_runs_made_elsewhere_and_trains_nothing(
@@ -318,9 +320,11 @@ def test_weight_average_is_the_model_survives_an_interruption_and_is_a_setting(
                  "--out", str(tmp_path / "straight"), "--data-root", str(digit_root)])
     assert code == 2  # a folder whose model is an average is not reused as a last-weights run
     assert "ema_decay=0.5 there, None here" in capsys.readouterr().err
-    assert main(["adapt", "--method", "dann", "--source", "mnist", "--target", "mnist_m",
-                 "--ema-decay", "1.5", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
-    assert "--ema-decay 1.5: expected a number strictly between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # refused by the argument parser
+        main(["adapt", "--method", "dann", "--source", "mnist", "--target", "mnist_m",
+              "--ema-decay", "1.5", "--out", str(tmp_path / "bad"), "--quiet"])
+    assert refused.value.code == 2
+    assert "argument --ema-decay: expected a number strictly between 0 and 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["dann_mcc", "cdan", "vada"])

@@ -392,7 +392,6 @@ def test_cli_unknown_head_is_refused_by_the_parser(capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--sizes", "20,many"], "--sizes 20,many"),
         (["--methods", "extract,magic"], "--methods extract,magic"),
         (["--pairs", "mnist:mnist_m"], "--pairs and --epochs"),
     ],

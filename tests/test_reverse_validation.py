@@ -95,7 +95,9 @@ def test_reverse_validation_refuses_the_oracle_and_a_folder_without_a_run(digit_
         reverse_validation(oracle)
     assert main(["reverse-validate", str(tmp_path), "--quiet"]) == 2
     assert "no config.json" in capsys.readouterr().err
-    assert main(["reverse-validate", str(tmp_path), "--epochs", "0"]) == 2
+    with pytest.raises(SystemExit) as refused:  # refused by the argument parser
+        main(["reverse-validate", str(tmp_path), "--epochs", "0"])
+    assert refused.value.code == 2
     (tmp_path / "config.json").write_text('{"method": "dann"}')
     assert main(["reverse-validate", str(tmp_path), "--quiet"]) == 2
     assert "missing source, target" in capsys.readouterr().err

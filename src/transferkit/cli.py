@@ -7,9 +7,10 @@ User errors (bad arguments, missing or corrupt data) print one line on stderr an
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from transferkit import __version__
@@ -17,6 +18,98 @@ from transferkit.errors import TransferkitError
 
 EXIT_USER_ERROR = 2
 EXIT_DATA_BAD = 1
+
+# The smallest --image-size of `adapt` that every digit network takes: the MNIST network's
+# two unpadded 5×5 convolutions and 2×2 poolings leave nothing of a side below 16
+# (models.digit_networks.minimum_image_size; a test keeps the two in step).
+ADAPT_MIN_IMAGE_SIZE = 16
+# The smallest --image-size of the recipes (pretrained.recipes checks the backbone itself).
+RECIPE_MIN_IMAGE_SIZE = 8
+SEED_MAX = 2**32 - 1
+
+
+# -- argument types: every numeric flag is checked here, before any data is read ----------------
+# argparse turns an ArgumentTypeError into "transferkit CMD: error: argument --FLAG: MESSAGE"
+# (one line after the usage line) and exit code 2.
+
+
+def integer(minimum: int, maximum: int | None = None, what: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer from ``minimum`` (to ``maximum``)."""
+    expected = (f"an integer ≥ {minimum}" if maximum is None
+                else f"an integer from {minimum} to {maximum}") + (f" ({what})" if what else "")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = integer(1)
+non_negative_int = integer(0)
+seed_int = integer(0, SEED_MAX)
+
+
+def _finite(text: str, expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (learning rates)."""
+    expected = "a finite number > 0"
+    value = _finite(text, expected)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
+
+def open_unit_interval(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (a decay, a probability)."""
+    expected = "a number strictly between 0 and 1 (such as 0.999)"
+    value = _finite(text, expected)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
+
+def training_sizes(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated training-set sizes, each at least 2, none repeated."""
+    expected = "comma-separated integers ≥ 2 (training-set sizes), none repeated"
+    try:
+        sizes = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if any(n < 2 for n in sizes) or len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return sizes
+
+
+def unfreeze_stages(text: str) -> str:
+    """An argparse type: a number of stages ≥ 0, a stage name or ``all`` (names are checked
+    against the backbone once it is built)."""
+    try:
+        count = int(text)
+    except ValueError:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("expected a number of stages ≥ 0, a stage name or "
+                                             "'all', got ''") from None
+        return text
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of stages ≥ 0, a stage name or "
+                                         f"'all', got {text}")
+    return str(count)
 
 
 def _data_list(args: argparse.Namespace) -> int:
@@ -58,7 +151,7 @@ def _data_verify(args: argparse.Namespace) -> int:
         raise TransferkitError(f"unknown data set(s) {', '.join(unknown)}: expected "
                                f"{', '.join(REGISTRY)}")
     print(f"data root: {root}")
-    bad = 0
+    bad = found = 0
     for name in names:
         report = verify_source(REGISTRY[name], root, manifest, decode=args.decode)
         counts = " · ".join(
@@ -74,7 +167,40 @@ def _data_verify(args: argparse.Namespace) -> int:
         }[report.status]
         print(f"{name:<13} {report.status:<8} {detail}")
         bad += report.status == "CORRUPT"
+        found += report.status != "missing"
+    if not found:  # nothing verified is no success: a wrong --root would pass silently
+        print(f"transferkit: no data set found under {root}: nothing was verified (each lies in "
+              f"ROOT/NAME/, see transferkit data list)", file=sys.stderr)
+        return EXIT_DATA_BAD
     return EXIT_DATA_BAD if bad else 0
+
+
+def _data_make(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from transferkit.data.blend import make_blended
+    from transferkit.data.loading import load_split
+    from transferkit.data.sources import get_source
+
+    source = get_source(args.digits)
+    splits = {}
+    classes: list[str] = []
+    for split in source.splits:
+        image_set = load_split(args.digits, split, args.data_root)
+        if image_set.images.shape[-1] != 1:
+            raise TransferkitError(f"--digits {args.digits}: expected grey images, its {split} split "
+                                   f"has {image_set.images.shape[-1]} channels")
+        count = len(image_set.labels) if args.limit is None else min(args.limit, len(image_set.labels))
+        splits[split] = (np.asarray(image_set.images[:count]), np.asarray(image_set.labels[:count]))
+        classes = [str(c) for c in image_set.classes]
+    out = Path(args.out)
+    record = make_blended(out, Path(args.photos), splits, classes, seed=args.seed,
+                          describe={"name": args.name, "digits": args.digits, "limit": args.limit},
+                          progress=not args.quiet)
+    counts = ", ".join(f"{split} {info['count']:,}" for split, info in record["splits"].items())
+    print(f"{args.name}: {counts} images from {args.digits} on patches of {record['photo_count']:,} "
+          f"photos (seed {args.seed}) in {out}; use it as zip:{out}")
+    return 0
 
 
 def _adapt(args: argparse.Namespace) -> int:
@@ -92,9 +218,10 @@ def _adapt(args: argparse.Namespace) -> int:
     ).fit(args.source, args.target)
     results = adapter.results_
     oracle = " (oracle: trained on target labels)" if results["oracle"] else ""
+    source_test = results["source_test_accuracy"]
     print(f"{args.method} {args.source} → {args.target}{oracle}: target-test accuracy "
           f"{results['target_test_accuracy']:.4f}, source-test "
-          f"{results['source_test_accuracy'] if results['source_test_accuracy'] is not None else '—'}"
+          f"{f'{source_test:.4f}' if source_test is not None else '—'}"
           f", {results['wall_seconds']:.0f} s on {results['device']}; run directory {out}")
     warning = PredictionShares.from_dict(results["label_free_check"]).message()
     if warning:
@@ -106,8 +233,6 @@ def _reverse_validate(args: argparse.Namespace) -> int:
     from transferkit.api import DomainAdapter, read_run_config
     from transferkit.selection import RESULT_FILE, reverse_validation
 
-    if args.epochs is not None and args.epochs < 1:
-        raise TransferkitError(f"--epochs {args.epochs}: expected a positive number")
     pairs = {}
     for run in args.run_dirs:  # every folder checked before hours of training start
         config = read_run_config(Path(run))
@@ -164,12 +289,6 @@ def _benchmark(args: argparse.Namespace) -> int:
     by_key = {p.key: p for p in protocol.pairs}
     pair_keys = _parse_list(args.pairs, list(by_key), "pairs") or list(by_key)
     methods = _parse_list(args.methods, list(protocol.methods), "methods") or list(protocol.methods)
-    if args.seeds < 1:
-        raise TransferkitError(f"--seeds {args.seeds}: expected a positive number")
-    if args.oracle_seeds is not None and args.oracle_seeds < 1:
-        raise TransferkitError(f"--oracle-seeds {args.oracle_seeds}: expected a positive number")
-    if args.jobs < 1:
-        raise TransferkitError(f"--jobs {args.jobs}: expected a positive number")
     out = Path(args.out or f"runs/{protocol.name}")
     command = "transferkit " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""
     if args.machine is not None and not args.report_only:
@@ -217,8 +336,6 @@ def _predict(args: argparse.Namespace) -> int:
     from transferkit.pretrained.predict import expand, predict_files
     from transferkit.training.device import resolve_device
 
-    if args.top < 1:
-        raise TransferkitError(f"--top {args.top}: expected ≥ 1")
     model = load_model(args.model)
     files = expand(args.images)
     results = predict_files(model, files, top=args.top, device=resolve_device(args.device))
@@ -241,8 +358,6 @@ def _advise(args: argparse.Namespace) -> int:
     from transferkit.advise.advisor import advise, render
 
     candidates = [c.strip() for c in (args.backbones or "efficientnet_lite0").split(",") if c.strip()]
-    if args.samples < 10:
-        raise TransferkitError(f"--samples {args.samples}: expected at least 10")
     result = advise(args.target, args.source, candidates, samples=args.samples, device=args.device,
                     data_root=args.data_root, out=args.out, progress=not args.quiet,
                     reference=not args.no_reference)
@@ -255,8 +370,6 @@ def _advise(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from transferkit.report import report
 
-    if args.samples < 10:
-        raise TransferkitError(f"--samples {args.samples}: expected at least 10")
     page = report(args.run_dir, args.out, args.before, args.samples, args.data_root)
     print(f"report: {page} (open it in a browser; the PNGs are beside it)")
     return 0
@@ -275,33 +388,35 @@ def _add_recipe(commands, name: str, help_text: str, description: str) -> argpar
     parser.add_argument("--weights", default="random" if scratch else "imagenet",
                         help="imagenet (the library's pretrained weights), random, or a state-dict file "
                              "(.safetensors, or .pth read with weights_only=True); default %(default)s")
-    parser.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
+    parser.add_argument("--image-size", type=integer(RECIPE_MIN_IMAGE_SIZE, what="pixels"),
+                        help=f"input size, at least {RECIPE_MIN_IMAGE_SIZE} (default: the backbone's)")
     parser.add_argument("--head", default="linear", choices=["linear", "mlp"],
                         help="new classifier: linear, or mlp (Dense 256 + dropout 0.5, as Chollet)")
-    parser.add_argument("--epochs", type=int, default=40,
+    parser.add_argument("--epochs", type=positive_int, default=40,
                         help="most epochs of " + ("training" if scratch else "head training")
                         + " (%(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (%(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per step (%(default)s)")
-    parser.add_argument("--patience", type=int, default=6,
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (%(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per step (%(default)s)")
+    parser.add_argument("--patience", type=positive_int, default=6,
                         help="stop after this many epochs without a better validation accuracy (%(default)s)")
     if name == "finetune":
-        parser.add_argument("--unfreeze", default="2",
+        parser.add_argument("--unfreeze", type=unfreeze_stages, default="2",
                             help="stage 2 trains the last K stages with weights, from a named stage "
                                  "(e.g. block5 of vgg16, blocks.5 of efficientnet_lite0), or 'all'; "
                                  "default %(default)s")
-        parser.add_argument("--views", type=int, default=4,
+        parser.add_argument("--views", type=non_negative_int, default=4,
                             help="augmented views of the training set whose frozen-prefix outputs are "
                                  "cached; 0 augments afresh every step (slower, unlimited "
                                  "augmentation); default %(default)s")
-        parser.add_argument("--finetune-epochs", type=int, default=10,
+        parser.add_argument("--finetune-epochs", type=positive_int, default=10,
                             help="most epochs of stage 2 (%(default)s)")
-        parser.add_argument("--finetune-lr", type=float, default=1e-4,
+        parser.add_argument("--finetune-lr", type=positive_float, default=1e-4,
                             help="stage 2 learning rate (%(default)s)")
-    parser.add_argument("--train-size", type=int, help="train on a class-balanced subset of this size")
+    parser.add_argument("--train-size", type=integer(2, what="images"),
+                        help="train on a class-balanced subset of this size (at least 2)")
     parser.add_argument("--no-flip", action="store_true",
                         help="no horizontal flips in augmentation (digits, text, road signs)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/RECIPE-DATA-seedK)")
     parser.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
@@ -315,16 +430,9 @@ def _benchmark_cats_vs_dogs(args: argparse.Namespace) -> int:
 
     recipes = _parse_list(args.methods, ["scratch", "extract", "finetune"], "methods") or \
         ["scratch", "extract", "finetune"]
-    sizes = SIZES
-    if args.sizes:
-        try:
-            sizes = tuple(int(t) for t in args.sizes.split(","))
-        except ValueError:
-            raise TransferkitError(f"--sizes {args.sizes}: expected comma-separated numbers") from None
+    sizes = args.sizes or SIZES
     if args.pairs or args.epochs:
         raise TransferkitError("--pairs and --epochs apply to domain-adaptation protocols, not cats_vs_dogs")
-    if args.seeds < 1:
-        raise TransferkitError(f"--seeds {args.seeds}: expected a positive number")
     out = Path(args.out or "runs/cats_vs_dogs")
     run_benchmark(out, seeds=args.seeds, sizes=sizes, recipes=tuple(recipes), curve_seeds=args.curve_seeds,
                   device=args.device, data_root=args.data_root, progress=not args.quiet)
@@ -347,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    data = commands.add_parser("data", help="list and verify data sets",
-                               description="List and verify the data sets under the data root.")
+    data = commands.add_parser("data", help="list, verify and make data sets",
+                               description="List and verify the data sets under the data root, "
+                                           "or make an MNIST-M-like one.")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION")
     data_commands.required = True
     listing = data_commands.add_parser(
@@ -368,6 +477,30 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--decode", action="store_true",
                         help="also decode every image, even where checksums are known")
     verify.set_defaults(run=_data_verify)
+    make = data_commands.add_parser(
+        "make", help="make an MNIST-M-like data set from digits and a folder of photos",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make an MNIST-M-like data set as Ganin et al. 2016 (§5.2.1) made MNIST-M: "
+                    "each digit\nbinarised, padded to 32×32 and blended over a random 32×32 "
+                    "patch of a random photo,\n|digit − patch| per channel. Deterministic: the "
+                    "same digits, photos and --seed give the\nsame bytes. The result is a zip: "
+                    "data set (train.zip, test.zip, classes.txt, make.json).",
+        epilog="example (transferkit's development pair, MNIST → MNIST-CD):\n"
+               "  transferkit data make mnist_cd --photos ../shared/data/cats_vs_dogs/train "
+               "--out data/mnist_cd\n"
+               "  transferkit adapt --method dann --source mnist --target zip:data/mnist_cd")
+    make.add_argument("name", metavar="NAME", help="a name for the new data set (recorded in make.json)")
+    make.add_argument("--photos", required=True, metavar="DIR",
+                      help="folder of colour photos (searched recursively) to cut patches from")
+    make.add_argument("--out", required=True, metavar="DIR", help="folder to write the data set to")
+    make.add_argument("--digits", default="mnist",
+                      help="grey digit data set to blend, every split of it (%(default)s)")
+    make.add_argument("--seed", type=seed_int, default=0, help="random seed (%(default)s)")
+    make.add_argument("--limit", type=positive_int, metavar="N",
+                      help="only the first N images of each split (a quick, small set)")
+    make.add_argument("--data-root", metavar="DIR", help="folder holding the digit data set")
+    make.add_argument("--quiet", action="store_true", help="no progress bars")
+    make.set_defaults(run=_data_make)
 
     from transferkit.names import GEOMETRIES, METHOD_NAMES, NETWORK_NAMES
 
@@ -388,24 +521,26 @@ def build_parser() -> argparse.ArgumentParser:
                             "last three past the DANN paper")
     adapt.add_argument("--source", required=True, help="labelled source data set, e.g. mnist")
     adapt.add_argument("--target", required=True, help="unlabelled target data set, e.g. mnist_m")
-    adapt.add_argument("--epochs", type=int, default=10, help="passes over the labelled data")
-    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--epochs", type=positive_int, default=10, help="passes over the labelled data")
+    adapt.add_argument("--seed", type=seed_int, default=0)
     adapt.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     adapt.add_argument("--out", metavar="DIR", help="run directory (default runs/S-T-M-seedK)")
     adapt.add_argument("--network", choices=NETWORK_NAMES,
                        help="the paper's network to use (default: the paper's for the pair)")
-    adapt.add_argument("--image-size", type=int, help="common input size of both domains")
-    adapt.add_argument("--batch-size", type=int, default=64,
+    adapt.add_argument("--image-size",
+                       type=integer(ADAPT_MIN_IMAGE_SIZE, what="pixels, the smallest every network takes"),
+                       help=f"common input size of both domains, at least {ADAPT_MIN_IMAGE_SIZE}")
+    adapt.add_argument("--batch-size", type=positive_int, default=64,
                        help="source images per step (and as many target images)")
-    adapt.add_argument("--lr", type=float, default=0.01, help="initial learning rate μ₀")
-    adapt.add_argument("--steps-per-epoch", type=int, help="default: one pass over the source")
+    adapt.add_argument("--lr", type=positive_float, default=0.01, help="initial learning rate μ₀")
+    adapt.add_argument("--steps-per-epoch", type=positive_int, help="default: one pass over the source")
     adapt.add_argument("--binarize-source", action="store_true",
                        help="source pixels > 0 become 255 (MNIST as MNIST-M's digits were drawn)")
     adapt.add_argument("--geometry", choices=GEOMETRIES,
                        help="how images of another size reach --image-size: resize them, or "
                             "centre-crop / zero-pad them (pixel scale kept). Default: center for "
                             "mnist → mnist_m (MNIST-M is MNIST padded by 2 px), else resize")
-    adapt.add_argument("--ema-decay", type=float, metavar="D",
+    adapt.add_argument("--ema-decay", type=open_unit_interval, metavar="D",
                        help="keep an exponential moving average of the weights (w̄ ← D·w̄ + "
                             "(1−D)·w after every step; 0.999 averages over about 1,000 steps) and "
                             "make it the model; the last-epoch weights' accuracies are recorded "
@@ -427,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     reverse.add_argument("run_dirs", metavar="RUN", nargs="+",
                          help="folder of a finished `transferkit adapt` run; several runs of one "
                               "pair are scored in turn and the highest is named")
-    reverse.add_argument("--epochs", type=int,
+    reverse.add_argument("--epochs", type=positive_int,
                          help="epochs of the reverse run (default: the run's own)")
     reverse.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     reverse.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
@@ -452,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "recursively). Unreadable files are reported on stderr and the exit code is 1.")
     pred.add_argument("model", metavar="MODEL", help="run folder written by extract, finetune or scratch")
     pred.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    pred.add_argument("--top", type=int, default=1, help="also list the next most likely classes")
+    pred.add_argument("--top", type=positive_int, default=1,
+                      help="also list the next most likely classes (%(default)s: the most likely only)")
     pred.add_argument("--json", action="store_true", help="one JSON object per line")
     pred.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     pred.set_defaults(run=_predict)
@@ -468,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--backbones", help="comma-separated candidates NAME[@WEIGHTS]: efficientnet_lite0, "
                                          "resnet50@imagenet, timm:NAME, run:DIR (a transferkit adapt run); "
                                          "default efficientnet_lite0")
-    adv.add_argument("--samples", type=int, default=1000,
+    adv.add_argument("--samples", type=integer(10, what="images"), default=1000,
                      help="class-balanced target images to score on (default %(default)s)")
     adv.add_argument("--no-reference", action="store_true",
                      help="do not add the first candidate with random weights as a reference")
@@ -488,7 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--before", metavar="DIR",
                      help="adaptation runs: the run whose features are 'before' (default: the sibling "
                           "source_only run of the same seed, else the untrained network)")
-    rep.add_argument("--samples", type=int, default=500, help="images per domain in the t-SNE (%(default)s)")
+    rep.add_argument("--samples", type=integer(10, what="images"), default=500,
+                     help="images per domain in the t-SNE, at least 10 (%(default)s)")
     rep.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     rep.set_defaults(run=_report)
 
@@ -504,21 +641,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ganin2016 (DANN table); cats_vs_dogs (scratch / extract / fine-tune and "
                             "the data-efficiency curve); advise (domain gaps; transferability scores "
                             "against fine-tuning)")
-    bench.add_argument("--sizes",
+    bench.add_argument("--sizes", type=training_sizes,
                        help="cats_vs_dogs: training-set sizes (default 20,50,100,200,500,1000,2000)")
     bench.add_argument("--runs", default="runs/ganin2016", metavar="DIR",
                        help="advise: the ganin2016 benchmark folder whose MNIST → MNIST-M networks are "
                             "candidates (default %(default)s)")
-    bench.add_argument("--curve-seeds", type=int,
+    bench.add_argument("--curve-seeds", type=positive_int,
                        help="cats_vs_dogs: seeds for sizes below the full set (default: --seeds)")
     bench.add_argument("--pairs", help="comma-separated SOURCE:TARGET (default: all)")
     bench.add_argument("--methods", help="comma-separated methods (default: all; cats_vs_dogs: "
                                           "scratch,extract,finetune)")
-    bench.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method and pair")
-    bench.add_argument("--oracle-seeds", type=int,
+    bench.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per method and pair")
+    bench.add_argument("--oracle-seeds", type=positive_int,
                        help="ganin2016: seeds of the train-on-target reference (default: --seeds)")
-    bench.add_argument("--epochs", type=int, help="override the protocol's epochs (quick runs)")
-    bench.add_argument("--jobs", type=int, default=1,
+    bench.add_argument("--epochs", type=positive_int, help="override the protocol's epochs (quick runs)")
+    bench.add_argument("--jobs", type=positive_int, default=1,
                        help="ganin2016: runs at a time, in worker processes sharing the machine's "
                             "threads (on a small CPU, 2 one-thread runs beat 1 two-thread run; "
                             "default %(default)s)")

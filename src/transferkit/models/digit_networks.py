@@ -19,9 +19,12 @@ paper).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import nn
+
+from transferkit.errors import TransferkitError
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,28 @@ NETWORKS: dict[str, NetworkSpec] = {
     "svhn": NetworkSpec("svhn", 32, _svhn_features, (3072, 2048), (1024, 1024)),
     "gtsrb": NetworkSpec("gtsrb", 40, _gtsrb_features, (512,), (1024, 1024)),
 }
+
+
+class ImageSizeError(TransferkitError, ValueError):
+    """An image size a network cannot take: too small for its convolutions and poolings."""
+
+
+@cache
+def minimum_image_size(name: str) -> int:
+    """The smallest side of a square image that network ``name``'s feature extractor maps to
+    at least one value per channel (mnist 16, svhn 7, gtsrb 8): found by running it, without
+    drawing from torch's random number generator."""
+    spec = NETWORKS[name]
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the seeded stream
+        features = spec.build_features()
+    with torch.no_grad():
+        for side in range(1, spec.input_size + 1):
+            try:
+                if features(torch.zeros(1, 3, side, side)).shape[1] > 0:
+                    return side
+            except RuntimeError:  # a kernel larger than its input, or a pooling output of size 0
+                continue
+    return spec.input_size
 
 
 def mlp(in_features: int, hidden: tuple[int, ...], out_features: int) -> nn.Sequential:
@@ -111,7 +136,13 @@ class DigitNetwork(nn.Module):
             raise ValueError(f"unknown network {name!r}: expected one of {', '.join(NETWORKS)}")
         spec = NETWORKS[name]
         self.spec = spec
-        self.image_size = image_size or spec.input_size
+        self.image_size = spec.input_size if image_size is None else int(image_size)
+        minimum = minimum_image_size(name)
+        if self.image_size < minimum:
+            raise ImageSizeError(
+                f"image size {self.image_size} is too small for the {name} network: it takes "
+                f"images of at least {minimum}×{minimum} pixels (the paper's are "
+                f"{spec.input_size}×{spec.input_size})")
         self.features = spec.build_features()
         with torch.no_grad():
             width = self.features(torch.zeros(1, 3, self.image_size, self.image_size)).shape[1]
