@@ -89,3 +89,13 @@ def test_bad_photo_folders_get_one_line_and_exit_2(tmp_path, capsys, setup, mess
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "out" / "train.zip").exists()
+
+
+def test_a_made_set_is_a_target_adapt_can_use(tmp_path, capsys):
+    assert _make(tmp_path, tmp_path / "made") == 0
+    code = main(["adapt", "--method", "dann", "--source", "mnist", "--target", f"zip:{tmp_path / 'made'}",
+                 "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--device", "cpu",
+                 "--quiet", "--out", str(tmp_path / "run"), "--data-root", str(tmp_path / "data")])
+    assert code == 0
+    assert "target-test accuracy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["target"] == f"zip:{tmp_path / 'made'}"

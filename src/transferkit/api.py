@@ -12,16 +12,15 @@ import json
 import resource
 import statistics
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_arrays
-from safetensors.numpy import save_file as save_arrays
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import save as arrays_bytes
 
 from transferkit.checks import PredictionShares, prediction_shares
 from transferkit.data.pairs import DomainPair, DomainSplit, held_out_tenth, load_pair, pair_of_run
@@ -31,7 +30,27 @@ from transferkit.methods.subspace_alignment import SA_FEATURES
 from transferkit.models import NETWORKS, DigitNetwork
 from transferkit.names import GEOMETRIES
 from transferkit.training.device import describe_machine, resolve_device
-from transferkit.training.loop import TrainConfig, evaluate, fit, run_batches, weight_average
+from transferkit.training.loop import (
+    CHECKPOINT,
+    METRICS_LINES,
+    RunClock,
+    TrainConfig,
+    evaluate,
+    fit,
+    run_batches,
+    weight_average,
+)
+from transferkit.training.runfolder import (
+    check_same_settings,
+    discard,
+    locked,
+    previous_wall_seconds,
+    read_safetensors,
+    replace_file,
+    save_tensors,
+    write_config,
+    write_json,
+)
 
 # The paper's network and input size for each of its pairs (Ganin et al. 2016, §5.2).
 PAIR_NETWORKS: dict[tuple[str, str], tuple[str, int]] = {
@@ -90,39 +109,36 @@ def run_alignment(run: Path, model: Method, pair: DomainPair, seed: int) -> Subs
     regression stopped at its iteration limit."""
     saved = Path(run) / ALIGNMENT_FILE
     if saved.is_file():
-        return SubspaceAlignment.from_state_dict(load_arrays(str(saved)))
+        try:
+            return SubspaceAlignment.from_state_dict(load_arrays(str(saved)))
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TransferkitError(f"{saved}: not a readable alignment, corrupt or truncated "
+                                   f"({detail}); remove it to fit the alignment again") from None
     return fit_alignment(model, pair, seed)
 
 
 # Settings a run may change when it resumes; any other difference is another run.
 RESUMABLE_CHANGES = frozenset({"device"})
 
+# The files that make a folder hold a run (begun or finished), and those --restart discards:
+# metrics.json first, the mark of a finished run, so an interrupted discard is never a
+# finished run with pieces missing. reverse_validation.json scored the discarded model.
+RUN_FILES = ("checkpoint.pt", "metrics.json", "model.safetensors")
+DISCARDED_ON_RESTART = ("metrics.json", "model.safetensors", "alignment.safetensors",
+                        "reverse_validation.json", CHECKPOINT, METRICS_LINES)
 
-def check_same_run(run_dir: Path, record: dict[str, Any]) -> None:
+
+def check_same_run(run_dir: Path, record: dict[str, Any], started_by: tuple[str, ...] = RUN_FILES,
+                   resumable: frozenset[str] = RESUMABLE_CHANGES,
+                   unreadable_ok: bool = False) -> None:
     """Refuse to resume or reuse ``run_dir`` when it holds a run with other settings.
 
     A checkpoint or result made with, say, 10 epochs must not be continued or reported as a
-    20-epoch run: the schedules depend on the whole budget.
+    20-epoch run: the schedules depend on the whole budget. See
+    :func:`transferkit.training.runfolder.check_same_settings`.
     """
-    config_path = run_dir / "config.json"
-    started = any((run_dir / name).is_file()
-                  for name in ("checkpoint.pt", "metrics.json", "model.safetensors"))
-    if not started or not config_path.is_file():
-        return
-    try:
-        before = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TransferkitError(f"{config_path}: not readable JSON ({exc}); "
-                               "remove the folder or choose another --out") from None
-    # A setting the older run did not record is one it did not have (new options default to
-    # None), so a run without, say, a weight average is not reused as one with it.
-    changed = [f"{key}={before.get(key)!r} there, {value!r} here"
-               for key, value in record.items()
-               if key not in RESUMABLE_CHANGES and before.get(key) != value]
-    if changed:
-        raise TransferkitError(
-            f"{run_dir} holds a run with other settings ({'; '.join(changed)}): "
-            "choose another --out, or remove the folder to start again")
+    check_same_settings(run_dir, record, started_by, resumable, unreadable_ok)
 
 
 RUN_KEYS = ("method", "source", "target", "network", "image_size", "epochs", "batch_size",
@@ -176,7 +192,8 @@ class DomainAdapter:
                  seed: int = 0, device: str = "auto", run_dir: str | Path | None = None,
                  data_root: str | Path | None = None, init_from: str | Path | None = None,
                  binarize_source: bool = False, geometry: str | None = None,
-                 ema_decay: float | None = None, progress: bool = True) -> None:
+                 ema_decay: float | None = None, progress: bool = True,
+                 restart: bool = False) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
@@ -201,11 +218,23 @@ class DomainAdapter:
                                    "between 0 and 1 (such as 0.999)")
         self.ema_decay = ema_decay
         self.progress = progress
+        self.restart = restart
 
     # -- fitting ------------------------------------------------------------------------------
 
     def fit(self, source: str | DomainPair, target: str | None = None) -> DomainAdapter:
-        started = time.perf_counter()
+        """Train on ``source → target`` (or a loaded :class:`DomainPair`). With a ``run_dir``
+        the folder is locked for the whole fit (another process writing it gets one line), a
+        run of the same settings resumes from its checkpoint (``restart``: its checkpoint,
+        metrics and model are discarded first and it trains from the start), and a folder
+        holding a run of other settings is refused."""
+        clock = RunClock()
+        if self.run_dir is None:
+            return self._fit(source, target, clock)
+        with locked(self.run_dir):
+            return self._fit(source, target, clock)
+
+    def _fit(self, source: str | DomainPair, target: str | None, clock: RunClock) -> DomainAdapter:
         device = resolve_device(self.config.device)
         if isinstance(source, DomainPair):
             pair = source
@@ -228,32 +257,46 @@ class DomainAdapter:
         network_name = self.network or default_network(pair.source, pair.target,
                                                        len(pair.classes))[0]
         self.network = network_name
+        finished_seconds = None
         if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             record = self.run_settings(pair.source, pair.target, pair.image_size)
-            check_same_run(self.run_dir, record)
-            (self.run_dir / "config.json").write_text(json.dumps(record, indent=2))
+            check_same_run(self.run_dir, record, unreadable_ok=self.restart)
+            if self.restart:
+                discard(self.run_dir, DISCARDED_ON_RESTART)
+            finished_seconds = previous_wall_seconds(self.run_dir)
+            write_config(self.run_dir, record)
 
         torch.manual_seed(self.config.seed)  # the same initial weights for every method
         self.last_weights_: Method | None = None  # set when the model is a weight average
         self.model_ = trained_method(self.method)(
             DigitNetwork(network_name, len(pair.classes), pair.image_size))
         if self.method == "sa" and self.init_from is not None:
-            self.model_.load_state_dict(load_file(str(self.init_from)))
+            state = read_safetensors(self.init_from, "expected the model.safetensors of a "
+                                     "finished source_only run of this pair")
+            try:
+                self.model_.load_state_dict(state)
+            except RuntimeError as exc:
+                raise TransferkitError(f"{self.init_from}: not a model of this network "
+                                       f"({str(exc).splitlines()[0]})") from None
             self.model_.to(device)
             self.history_: list[dict[str, Any]] = []
         else:
             average = (weight_average(self.model_, self.ema_decay)
                        if self.ema_decay is not None else None)
             self.history_ = fit(self.model_, pair, self.config, self.run_dir, self.progress,
-                                average=average)
+                                average=average, clock=clock)
             if average is not None:  # the average is the model; the last weights stay on record
                 self.last_weights_ = self.model_
                 self.model_ = average.module
         self.alignment_: SubspaceAlignment | None = None
         if self.method == "sa":
             self.alignment_ = fit_alignment(self.model_, pair, self.config.seed)
-        self.wall_seconds_ = time.perf_counter() - started
+        # The run's own time, kept across resumes: a rerun that trained nothing reports the
+        # finished run's time, not its own few seconds of loading and scoring.
+        if not clock.trained and finished_seconds is not None:
+            self.wall_seconds_ = finished_seconds
+        else:
+            self.wall_seconds_ = clock.total()
         self.device_ = device
         if self.run_dir is not None:
             self._write_results()
@@ -285,7 +328,13 @@ class DomainAdapter:
         pair = pair_of_run(config, data_root)
         model = trained_method(adapter.method)(
             DigitNetwork(adapter.network, len(pair.classes), pair.image_size))
-        model.load_state_dict(load_file(str(weights_path)))
+        state = read_safetensors(weights_path, "train the run again (transferkit adapt with its "
+                                 "settings and --restart) or restore the file")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise TransferkitError(f"{weights_path}: does not match the network its config.json "
+                                   f"names ({str(exc).splitlines()[0]})") from None
         adapter.device_ = resolve_device(device)
         adapter.pair_, adapter.model_, adapter.last_weights_ = pair, model.eval(), None
         model.to(adapter.device_)
@@ -394,10 +443,12 @@ class DomainAdapter:
         return record
 
     def _write_results(self) -> None:
+        """model.safetensors (and SA's alignment), then metrics.json, the mark of a finished
+        run: each replaced whole, so a full disk leaves the previous file, not half of one."""
         assert self.run_dir is not None
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
-        save_file(weights, str(self.run_dir / "model.safetensors"))
+        save_tensors(self.run_dir / "model.safetensors", self.model_.state_dict())
         if self.alignment_ is not None:
-            save_arrays(self.alignment_.state_dict(), str(self.run_dir / ALIGNMENT_FILE))
+            data = arrays_bytes(self.alignment_.state_dict())
+            replace_file(self.run_dir / ALIGNMENT_FILE, lambda handle: handle.write(data))
         self.results_ = self.results()
-        (self.run_dir / "metrics.json").write_text(json.dumps(self.results_, indent=2))
+        write_json(self.run_dir / "metrics.json", self.results_)

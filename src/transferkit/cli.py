@@ -214,7 +214,7 @@ def _adapt(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch, seed=args.seed, device=args.device,
         run_dir=out, data_root=args.data_root, binarize_source=args.binarize_source,
         geometry=args.geometry, ema_decay=args.ema_decay,
-        progress=not args.quiet,
+        progress=not args.quiet, restart=args.restart,
     ).fit(args.source, args.target)
     results = adapter.results_
     oracle = " (oracle: trained on target labels)" if results["oracle"] else ""
@@ -321,7 +321,7 @@ def _recipe(args: argparse.Namespace) -> int:
         fields.update(views=1)
     config = RecipeConfig(**fields)
     out = Path(args.out or f"runs/{recipe}-{args.data.replace(':', '_').replace('/', '_')}-seed{args.seed}")
-    result = run(config, out, args.data_root, progress=not args.quiet)
+    result = run(config, out, args.data_root, progress=not args.quiet, restart=args.restart)
     test = f"test accuracy {result['test_accuracy']:.4f}, " if "test_accuracy" in result else ""
     print(f"{recipe} {config.backbone} on {config.data}: {test}validation {result['val_accuracy']:.4f} "
           f"({result['train_size']} training images, {result['wall_seconds']:.0f} s on {result['device']})")
@@ -421,6 +421,9 @@ def _add_recipe(commands, name: str, help_text: str, description: str) -> argpar
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/RECIPE-DATA-seedK)")
     parser.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard what --out holds of this run (checkpoint, metrics, model) "
+                             "and train it from the start")
     parser.set_defaults(run=_recipe)
     return parser
 
@@ -547,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "beside it. Default: off, the last-epoch weights are the model")
     adapt.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     adapt.add_argument("--quiet", action="store_true", help="no progress bars")
+    adapt.add_argument("--restart", action="store_true",
+                       help="discard what --out holds of this run (checkpoint, metrics, model) and "
+                            "train it from the start (a folder of other settings is still refused)")
     adapt.set_defaults(run=_adapt)
 
     reverse = commands.add_parser(

@@ -40,9 +40,14 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """The figure as a PNG at ``path``, replaced whole (a full disk is one line naming it)."""
+    from transferkit.training.runfolder import replace_file
+
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
+    try:
+        replace_file(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
+    finally:
+        _plt().close(fig)
     return path
 
 
@@ -126,16 +131,34 @@ def _grid(rows: list[tuple[str, torch.Tensor]], path: Path) -> Path:
     return _save(fig, path)
 
 
+# t-SNE's perplexity (an effective number of neighbours): 30 where there are enough points;
+# fewer points get a third of their number (it must stay below it), and under TSNE_MIN_POINTS
+# no embedding means anything: the figure is left out with a note.
+TSNE_PERPLEXITY = 30.0
+TSNE_MIN_POINTS = 5
+
+
+def tsne_perplexity(points: int) -> float | None:
+    """The perplexity used for ``points`` points, or None where there are too few for a t-SNE."""
+    if points < TSNE_MIN_POINTS:
+        return None
+    return min(TSNE_PERPLEXITY, (points - 1) / 3)
+
+
 def _tsne(
     panels: list[tuple[str, np.ndarray, np.ndarray, dict[int, str]]], path: Path, seed: int = 0
-) -> Path:
-    """Each panel: title, features, group index per point, group names."""
+) -> Path | None:
+    """Each panel: title, features, group index per point, group names. None (no figure) when
+    a panel has fewer than ``TSNE_MIN_POINTS`` points."""
     from sklearn.manifold import TSNE
 
+    perplexity = tsne_perplexity(min(len(features) for _, features, _, _ in panels))
+    if perplexity is None:
+        return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
     for ax, (title, features, groups, names) in zip(axes[0], panels, strict=True):
-        embedded = TSNE(n_components=2, init="pca", perplexity=30, random_state=seed).fit_transform(
+        embedded = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
             features.astype(np.float32)
         )
         for g, name in names.items():
@@ -146,6 +169,27 @@ def _tsne(
         ax.set_yticks([])
         ax.legend(fontsize=7, markerscale=3)
     return _save(fig, path)
+
+
+def _add_tsne(
+    figures: list[tuple[Path, str]],
+    notes: list[str],
+    panels: list[tuple[str, np.ndarray, np.ndarray, dict[int, str]]],
+    path: Path,
+    caption: str,
+) -> None:
+    """The t-SNE figure with its caption, or, with too few points for one, a note instead."""
+    points = min(len(features) for _, features, _, _ in panels)
+    drawn = _tsne(panels, path)
+    if drawn is None:
+        path.unlink(missing_ok=True)  # not a picture of an earlier report left beside this one
+        notes.append(f"No t-SNE figure: {points} images are too few for one (it needs at least "
+                     f"{TSNE_MIN_POINTS}).")
+        return
+    perplexity = tsne_perplexity(points)
+    if perplexity is not None and perplexity < TSNE_PERPLEXITY:
+        caption += f" (perplexity {perplexity:.3g}, lowered from {TSNE_PERPLEXITY:g} to fit {points} points)"
+    figures.append((drawn, caption))
 
 
 def _image_tag(path: Path, alt: str) -> str:
@@ -202,17 +246,25 @@ def _fmt(value: Any) -> str:
 
 
 def adapt_network(run: Path, config: dict[str, Any], classes: int, trained: bool = True):
-    from safetensors.torch import load_file
-
     from transferkit.methods import trained_method
     from transferkit.models.digit_networks import DigitNetwork
+    from transferkit.training.runfolder import read_safetensors
 
     torch.manual_seed(config.get("seed", 0))  # the initial weights the run started from
     network = DigitNetwork(config["network"], classes, config["image_size"])
     # the method may reshape the network (CDAN widens the domain classifier's input)
     method = trained_method(config["method"])(network)
     if trained:
-        method.load_state_dict(load_file(str(run / "model.safetensors")))
+        path = run / "model.safetensors"
+        state = read_safetensors(
+            path, "train the run again (transferkit adapt with its settings and --restart)"
+        )
+        try:
+            method.load_state_dict(state)
+        except RuntimeError as exc:
+            raise TransferkitError(
+                f"{path}: does not match the network its config.json names ({str(exc).splitlines()[0]})"
+            ) from None
     return network.eval()
 
 
@@ -366,33 +418,26 @@ def _adapt_report(
                   else aligned_and_predictions(network, alignment, images, pair, domain))
     gap_before = proxy_a_distance(f_before[domain == 0], f_before[domain == 1], samples=samples)
     gap_after = proxy_a_distance(f_after[domain == 0], f_after[domain == 1], samples=samples)
-    figures.append(
-        (
-            _tsne(
-                [
-                    (
-                        f"{before_label}\nproxy A-distance {gap_before.proxy_a_distance:.2f}",
-                        f_before,
-                        domain,
-                        names,
-                    ),
-                    (
-                        f"after: {config['method']}\nproxy A-distance {gap_after.proxy_a_distance:.2f}",
-                        f_after,
-                        domain,
-                        names,
-                    ),
-                ],
-                out / "tsne.png",
+    _add_tsne(
+        figures,
+        notes,
+        [
+            (f"{before_label}\nproxy A-distance {gap_before.proxy_a_distance:.2f}", f_before, domain, names),
+            (
+                f"after: {config['method']}\nproxy A-distance {gap_after.proxy_a_distance:.2f}",
+                f_after,
+                domain,
+                names,
             ),
-            "t-SNE of the feature extractor's output for source and target test images"
-            + (
-                f" (after: SA's aligned {alignment.selected_dimension}-dimensional subspace of the "
-                "label predictor's last hidden layer)"
-                if alignment is not None
-                else ""
-            ),
-        )
+        ],
+        out / "tsne.png",
+        "t-SNE of the feature extractor's output for source and target test images"
+        + (
+            f" (after: SA's aligned {alignment.selected_dimension}-dimensional subspace of the "
+            "label predictor's last hidden layer)"
+            if alignment is not None
+            else ""
+        ),
     )
     summary = {
         k: metrics.get(k)
@@ -493,21 +538,20 @@ def _recipe_report(
                 for i in range(0, len(pick), 64)
             ]
         ).numpy()
-    figures.append(
-        (
-            _tsne(
-                [
-                    (
-                        f"{spec.name} features after training",
-                        features,
-                        labels.numpy()[pick],
-                        dict(enumerate(model.classes)),
-                    )
-                ],
-                out / "tsne.png",
-            ),
-            f"t-SNE of the backbone's features for {len(pick)} {name} images",
-        )
+    notes: list[str] = []
+    _add_tsne(
+        figures,
+        notes,
+        [
+            (
+                f"{spec.name} features after training",
+                features,
+                labels.numpy()[pick],
+                dict(enumerate(model.classes)),
+            )
+        ],
+        out / "tsne.png",
+        f"t-SNE of the backbone's features for {len(pick)} {name} images",
     )
     summary = {
         k: metrics.get(k)
@@ -525,7 +569,7 @@ def _recipe_report(
         )
     }
     title = f"{metrics['recipe']}: {metrics['backbone']} on {metrics['data']} (seed {metrics['seed']})"
-    return title, summary, figures, []
+    return title, summary, figures, notes
 
 
 def report(
@@ -540,9 +584,17 @@ def report(
     config_path = run / "config.json"
     if not (run / "metrics.json").is_file() or not config_path.is_file():
         raise TransferkitError(f"{run}: not a finished run folder (expected config.json and metrics.json)")
-    config = json.loads(config_path.read_text())
+    from transferkit.training.runfolder import write_error, write_json, write_text
+
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TransferkitError(f"{config_path}: not readable JSON ({exc})") from None
     target = Path(out) if out is not None else run / "report"
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(target, exc) from None
     if "method" in config:
         title, summary, figures, notes = _adapt_report(
             run, target, config, Path(before) if before else None, samples, data_root
@@ -552,6 +604,6 @@ def report(
     else:
         raise TransferkitError(f"{config_path}: neither an adapt run nor an extract/finetune/scratch run")
     page = target / "report.html"
-    page.write_text(_page(title, summary, config, figures, notes))
-    (target / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(page, _page(title, summary, config, figures, notes))
+    write_json(target / "summary.json", summary)
     return page

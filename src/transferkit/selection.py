@@ -21,7 +21,6 @@ tenth of the source training images (which the reverse run then does not see).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ import torch
 
 from transferkit.data.pairs import DomainPair, DomainSplit, held_out_tenth
 from transferkit.errors import TransferkitError
+from transferkit.training.runfolder import write_error, write_json, write_text
 
 if TYPE_CHECKING:
     from transferkit.api import DomainAdapter
@@ -109,7 +109,7 @@ def reverse_validation(adapter: DomainAdapter, epochs: int | None = None,
         "wall_seconds": time.perf_counter() - started,
     }
     if run_dir is not None:
-        (Path(run_dir) / RESULT_FILE).write_text(json.dumps(record, indent=2))
+        write_json(Path(run_dir) / RESULT_FILE, record)
     return record
 
 
@@ -122,5 +122,8 @@ def _check_same_pseudo_labels(reverse_dir: Path, pseudo: torch.Tensor) -> None:
         raise TransferkitError(f"{reverse_dir} holds a reverse run made from other "
                                "pseudo-labels (the model changed): remove that folder to start "
                                "again")
-    reverse_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(digest + "\n")
+    try:
+        reverse_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(reverse_dir, exc) from None
+    write_text(path, digest + "\n")

@@ -118,7 +118,10 @@ def _file_identity(path: Path) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a ``torch.save`` file, never unpickling code."""
+    """A state dict from ``.safetensors`` or a ``torch.save`` file, never unpickling code; one
+    whose tensors hold NaN or infinite values is refused."""
+    from transferkit.training.runfolder import check_finite
+
     path = Path(path)
     if not path.is_file():
         raise TransferkitError(f"--weights {path}: no such file")
@@ -126,9 +129,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            state = load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - the library raises several kinds
             raise TransferkitError(f"--weights {path}: not a readable safetensors file ({exc})") from exc
+        check_finite(state, f"--weights {path}", "expected trained weights; pass another file")
+        return state
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -139,6 +144,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TransferkitError(f"--weights {path}: expected a dict of tensors (a state dict)")
+    check_finite(state, f"--weights {path}", "expected trained weights; pass another file")
     return state
 
 
@@ -306,9 +312,8 @@ def _digit_run(path: str, weights: str, data_root: str | None = None):
     stages, its label predictor as the source classifier, the pair's mean pixel subtracted."""
     import json
 
-    from safetensors.torch import load_file
-
     from transferkit.models.digit_networks import DigitNetwork
+    from transferkit.training.runfolder import read_safetensors
 
     folder = Path(path)
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
@@ -318,7 +323,8 @@ def _digit_run(path: str, weights: str, data_root: str | None = None):
             f"(config.json and model.safetensors)"
         )
     config = json.loads(config_path.read_text())
-    state = {k.removeprefix("network."): v for k, v in load_file(str(weights_path)).items()}
+    saved = read_safetensors(weights_path, "train that run again", f"backbone run:{path}: {weights_path}")
+    state = {k.removeprefix("network."): v for k, v in saved.items()}
     predictor = [k for k in state if k.startswith("label_predictor.") and k.endswith(".weight")]
     last = max(predictor, key=lambda k: int(k.split(".")[1]))
     network = DigitNetwork(config["network"], state[last].shape[0], config["image_size"])

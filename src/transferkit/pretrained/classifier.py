@@ -10,6 +10,7 @@ loss) and its weights are restored; test labels are never looked at during train
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,13 @@ from torch.nn import functional as F
 from transferkit.errors import TransferkitError
 from transferkit.pretrained import imaging
 from transferkit.pretrained.backbones import Backbone, BackboneSpec, build_backbone
+from transferkit.training.runfolder import (
+    NonFiniteError,
+    check_finite,
+    read_safetensors,
+    save_tensors,
+    write_json,
+)
 
 HEADS = ("linear", "mlp")
 
@@ -179,14 +187,21 @@ def train_stage(
     on_epoch: Callable[[StageResult, dict[str, float]], None] | None = None,
     progress: bool = True,
 ) -> StageResult:
-    """Train ``stages[split:]`` and the head; restore the epoch with the best validation accuracy."""
+    """Train ``stages[split:]`` and the head; restore the epoch with the best validation accuracy.
+
+    A batch holds at most every training image once (a larger ``batch_size`` is clamped to the
+    training set), so memory is bounded by the data. A loss that is not finite stops training
+    with :class:`NonFiniteError` naming the epoch and step (the loss is read every step here
+    anyway).
+    """
     params = _trainable(model, split)
     optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     result = StageResult(config.name, split)
     best_state = None
     n = len(train_labels)
-    per_epoch = max(n, config.min_batches * config.batch_size)
-    steps = -(-per_epoch // config.batch_size)
+    batch_size = min(config.batch_size, n)
+    per_epoch = max(n, config.min_batches * batch_size)
+    steps = -(-per_epoch // batch_size)
     total = config.epochs * steps
     bar = None
     if progress:
@@ -203,7 +218,7 @@ def train_stage(
         _train_mode(model)
         running, seen, correct = 0.0, 0, 0
         for step in range(steps):
-            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            index = order[step * batch_size : (step + 1) * batch_size]
             x = train.batch(index, epoch)
             target = train_labels[index].to(device)
             logits = model(x, split)
@@ -211,7 +226,16 @@ def train_stage(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            running += loss.item() * len(index)
+            value = loss.item()
+            if not math.isfinite(value):
+                if bar is not None:
+                    bar.close()
+                raise NonFiniteError(
+                    f"training stopped: the {config.name} stage's training loss became {value} at "
+                    f"epoch {epoch + 1}, step {step + 1} of {steps} (learning rate "
+                    f"{config.learning_rate}); no model was saved. Lower the learning rate (or "
+                    "check the data) and run again")
+            running += value * len(index)
             correct += (logits.argmax(1) == target).sum().item()
             seen += len(index)
             if bar is not None:
@@ -260,24 +284,25 @@ def train_stage(
 
 
 def save_model(model: Classifier, directory: Path, extra: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
+    """``model.safetensors`` and ``model.json``, each replaced whole (a full disk leaves the
+    previous file, not half of one). Weights that are not finite are refused, never saved."""
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
+    state = model.state_dict()
+    check_finite(state, f"{directory / 'model.safetensors'}: the trained model",
+                 "nothing was saved; lower the learning rate and run again")
+    save_tensors(directory / "model.safetensors", state)
     config = {
         "backbone": asdict(model.backbone.spec),
         "head": model.head_kind,
         "classes": list(model.classes),
         **extra,
     }
-    (directory / "model.json").write_text(json.dumps(config, indent=2))
+    write_json(directory / "model.json", config)
 
 
 def load_model(directory: str | Path) -> Classifier:
-    """A classifier saved by ``extract``/``finetune`` (weights from its own safetensors file)."""
-    from safetensors.torch import load_file
-
+    """A classifier saved by ``extract``/``finetune`` (weights from its own safetensors file,
+    refused with one line naming it when corrupt, truncated or not finite)."""
     directory = Path(directory)
     config_path, weights_path = directory / "model.json", directory / "model.safetensors"
     for path in (config_path, weights_path):
@@ -295,19 +320,20 @@ def load_model(directory: str | Path) -> Classifier:
                 "std": tuple(config["backbone"]["std"]),
             }
         )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise TransferkitError(f"{config_path}: unreadable model description ({exc})") from exc
+        classes = tuple(config["classes"])
+        head = config["head"]
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise TransferkitError(f"{config_path}: unreadable model description ({exc})") from None
+    state = read_safetensors(
+        weights_path, f"the saved model is damaged: train it again (with --restart) into {directory}"
+    )
     backbone = build_backbone(spec.name, "random", spec.input_size)
     backbone.spec = spec
-    classes = tuple(config["classes"])
-    model = Classifier(
-        backbone, make_head(config["head"], backbone.feature_dim, len(classes)), classes, config["head"]
-    )
-    state = load_file(str(weights_path))
+    model = Classifier(backbone, make_head(head, backbone.feature_dim, len(classes)), classes, head)
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except RuntimeError:
         raise TransferkitError(
-            f"{weights_path}: does not match {spec.name} with a {config['head']} head"
-        ) from exc
+            f"{weights_path}: does not match {spec.name} with a {head} head"
+        ) from None
     return model.eval()

@@ -8,12 +8,17 @@
   augmented afresh at every step.
 
 Each run writes ``config.json``, ``metrics.jsonl`` (one line per epoch), ``metrics.json`` and
-the model (``model.safetensors`` + ``model.json``) under its output folder.
+the model (``model.safetensors`` + ``model.json``) under its output folder, each file replaced
+whole. The folder is locked while a run writes it. A finished run is kept: run again with the
+same settings, it is reported, not trained again (``restart=True`` trains it again); with other
+settings it is refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,6 +41,14 @@ from transferkit.pretrained.classifier import (
     train_stage,
 )
 from transferkit.training.device import resolve_device
+from transferkit.training.runfolder import (
+    check_same_settings,
+    discard,
+    locked,
+    write_config,
+    write_json,
+    write_text,
+)
 
 RECIPES = ("extract", "finetune", "scratch")
 VAL_NAMES = ("val", "valid", "validation")
@@ -72,6 +85,14 @@ class RecipeConfig:
             raise TransferkitError(f"--views {self.views}: expected ≥ 0")
         if self.train_size is not None and self.train_size < 2:
             raise TransferkitError(f"--train-size {self.train_size}: expected at least 2 images")
+        if self.patience < 1:
+            raise TransferkitError(f"--patience {self.patience}: expected ≥ 1")
+        if self.recipe == "finetune" and self.finetune_epochs < 1:
+            raise TransferkitError(f"--finetune-epochs {self.finetune_epochs}: expected ≥ 1")
+        for flag, value in (("--lr", self.learning_rate), ("--finetune-lr", self.finetune_learning_rate)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+                    or value <= 0:
+                raise TransferkitError(f"{flag} {value}: expected a finite number above 0 (such as 1e-3)")
 
 
 @dataclass
@@ -144,14 +165,32 @@ def _check_input_size(backbone: Any, size: int, device: torch.device) -> None:
         ) from exc
 
 
+# A finished run's files; --restart discards them, metrics.json (the mark of a finished run) first.
+FINISHED_FILES = ("metrics.json", "model.safetensors", "model.json")
+RUN_FILES = (*FINISHED_FILES, "metrics.jsonl")
+
+
 class _Log:
+    """``metrics.jsonl``, one line per epoch, the whole file replaced at each epoch."""
+
     def __init__(self, path: Path) -> None:
-        self.path = path
-        path.write_text("")
+        self.path, self.lines = path, []
+        write_text(path, "")
 
     def __call__(self, _result: Any, record: dict[str, float]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        self.lines.append(json.dumps(record) + "\n")
+        write_text(self.path, "".join(self.lines))
+
+
+def _finished(out: Path) -> dict[str, Any] | None:
+    """The metrics of the finished run in ``out`` (all its files there and readable), else None."""
+    if not all((out / name).is_file() for name in FINISHED_FILES):
+        return None
+    try:
+        result = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and "val_accuracy" in result else None
 
 
 def run(
@@ -161,12 +200,33 @@ def run(
     progress: bool = True,
     splits: Splits | None = None,
     prepared: dict[str, torch.Tensor] | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Run one recipe; returns (and writes) its metrics. ``splits``/``prepared`` let a
-    benchmark reuse decoded and resized images across runs."""
+    benchmark reuse decoded and resized images across runs.
+
+    ``out`` is locked while the run writes it (another process writing it is refused). A
+    finished run of the same settings there is returned as it was, not trained again, unless
+    ``restart``, which discards its model and metrics and trains it again; a finished run of
+    other settings is refused either way.
+    """
     config.check()
     started = time.perf_counter()
     out = Path(out)
+    with locked(out):
+        return _run(config, out, data_root, progress, splits, prepared, restart, started)
+
+
+def _run(
+    config: RecipeConfig,
+    out: Path,
+    data_root: str | None,
+    progress: bool,
+    splits: Splits | None,
+    prepared: dict[str, torch.Tensor] | None,
+    restart: bool,
+    started: float,
+) -> dict[str, Any]:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -176,11 +236,16 @@ def run(
     backbone = build_backbone(config.backbone, weights, config.image_size, data_root).to(device)
     size = backbone.spec.input_size
     _check_input_size(backbone, size, device)
+    record = {**asdict(config), "weights": weights, "input_size": size}
+    check_same_settings(out, record, FINISHED_FILES, unreadable_ok=restart)
+    if restart:
+        discard(out, RUN_FILES)
+    else:
+        finished = _finished(out)
+        if finished is not None:  # the same settings, finished: kept as it is
+            return finished
     splits = splits or load_splits(config.data, data_root)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(
-        json.dumps({**asdict(config), "weights": weights, "input_size": size}, indent=2)
-    )
+    write_config(out, record)
     if prepared is None:
         prepared = {
             name: imaging.prepare(s, size, progress, backbone.spec.crop_fraction)
@@ -337,5 +402,5 @@ def run(
         result["test_size"] = len(labels["test"])
     result["wall_seconds"] = time.perf_counter() - started
     save_model(model, out, {"recipe": config.recipe, "data": config.data})
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "metrics.json", result)  # last: the mark of a finished run
     return result
