@@ -28,6 +28,7 @@ from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, Method, SubspaceAlignment, trained_method
 from transferkit.methods.subspace_alignment import SA_FEATURES
 from transferkit.models import NETWORKS, DigitNetwork
+from transferkit.models.classifier import BOTTLENECK, build_network, is_digit_network, network_of_run
 from transferkit.names import GEOMETRIES
 from transferkit.training.device import describe_machine, resolve_device
 from transferkit.training.loop import (
@@ -118,6 +119,65 @@ def run_alignment(run: Path, model: Method, pair: DomainPair, seed: int) -> Subs
     return fit_alignment(model, pair, seed)
 
 
+# How a finished run's model wants its images (size, geometry, normalisation, class names):
+# what `transferkit predict` needs without the run's data sets.
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+class AdaptedModel(torch.nn.Module):
+    """A finished ``transferkit adapt`` run's model for new images: its network, trained
+    weights and preprocessing (``preprocessing.json``), without its data sets."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__()
+        run = Path(run_dir)
+        config = read_run_config(run)
+        if config["method"] == "sa":
+            raise TransferkitError(f"{run}: an SA run classifies through its fitted alignment, "
+                                   "not a network; predict with DomainAdapter.load(run).predict")
+        path = run / PREPROCESSING_FILE
+        if not path.is_file():
+            raise TransferkitError(f"{run}: no {PREPROCESSING_FILE} (a run made before transferkit "
+                                   "wrote one); DomainAdapter.load(run).predict works with its data")
+        try:
+            prep = json.loads(path.read_text())
+            self.image_size, self.geometry = int(prep["image_size"]), str(prep["geometry"])
+            self.classes = tuple(prep["classes"])
+            mean, std = prep["mean"], prep["std"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TransferkitError(f"{path}: unreadable ({exc}); train the run again") from None
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        method = trained_method(config["method"])(network_of_run(config, len(self.classes)))
+        weights = run / "model.safetensors"
+        state = read_safetensors(weights, "train the run again (transferkit adapt with its settings "
+                                 "and --restart) or restore the file")
+        try:
+            method.load_state_dict(state)
+        except RuntimeError as exc:
+            raise TransferkitError(f"{weights}: does not match the network its config.json names "
+                                   f"({str(exc).splitlines()[0]})") from None
+        self.method = method.eval()
+
+    def read(self, path: Path) -> torch.Tensor:
+        """One image file as uint8 C×H×W in the run's form (resized, or centre-cropped/padded)."""
+        from transferkit.data.decode import read_image_file
+        from transferkit.data.pairs import center_to
+
+        pixels = torch.from_numpy(read_image_file(path, "RGB")).permute(2, 0, 1).unsqueeze(0)
+        if pixels.shape[-2:] == (self.image_size, self.image_size):
+            return pixels[0]
+        if self.geometry == "center":
+            return center_to(pixels, self.image_size)[0]
+        resized = torch.nn.functional.interpolate(pixels.float(), size=(self.image_size,) * 2,
+                                                  mode="bilinear", antialias=True, align_corners=False)
+        return resized.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits of uint8 N×C×H×W images in the run's form."""
+        return self.method(images.float().div(255.0).sub(self.mean).div(self.std))
+
+
 # Settings a run may change when it resumes; any other difference is another run.
 RESUMABLE_CHANGES = frozenset({"device"})
 
@@ -193,11 +253,23 @@ class DomainAdapter:
                  data_root: str | Path | None = None, init_from: str | Path | None = None,
                  binarize_source: bool = False, geometry: str | None = None,
                  ema_decay: float | None = None, progress: bool = True,
-                 restart: bool = False) -> None:
+                 restart: bool = False, backbone: str | None = None, weights: str = "imagenet",
+                 unfreeze: int | str = "all", bottleneck: int | None = BOTTLENECK) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
             raise TransferkitError(f"--network {network}: expected one of {', '.join(NETWORKS)}")
+        if backbone is not None and is_digit_network(backbone):  # the paper's networks by name
+            if network is not None and network != backbone:
+                raise TransferkitError(f"--network {network} and --backbone {backbone}: give one")
+            network, backbone = backbone, None
+        if backbone is not None and network is not None:
+            raise TransferkitError(f"--network {network} and --backbone {backbone}: give one (--network "
+                                   "names the paper's digit networks, --backbone any other)")
+        self.backbone = backbone
+        self.weights = weights
+        self.unfreeze = unfreeze
+        self.bottleneck = bottleneck
         if epochs < 1:
             raise TransferkitError(f"--epochs {epochs}: expected a positive number")
         self.method = method
@@ -242,7 +314,7 @@ class DomainAdapter:
             if target is None:
                 raise TransferkitError("fit(source, target): the target data set is missing")
             network, size = self.network, self.image_size
-            if network is None or size is None:
+            if self.backbone is None and (network is None or size is None):
                 from transferkit.data.loading import load_split
 
                 classes = load_split(source, "train", self.data_root).classes
@@ -253,10 +325,18 @@ class DomainAdapter:
                 self.geometry = default_geometry(source, target)
             pair = load_pair(source, target, size=size, data_root=self.data_root,
                              binarize_source=self.binarize_source, geometry=self.geometry)
+        if pair.target_test is None and trained_method(self.method).oracle:
+            raise TransferkitError(f"--method {self.method} trains on target labels, and "
+                                   f"{pair.target} has none")
+        if self.backbone is None:
+            self.network = self.network or default_network(pair.source, pair.target,
+                                                           len(pair.classes))[0]
+        torch.manual_seed(self.config.seed)  # the same initial weights for every method
+        network = self._build_network(len(pair.classes), pair.image_size)
+        if self.backbone is not None:  # the backbone's own input normalisation
+            spec = network.backbone.spec
+            pair = pair.with_normalization(spec.mean, spec.std)
         self.pair_ = pair
-        network_name = self.network or default_network(pair.source, pair.target,
-                                                       len(pair.classes))[0]
-        self.network = network_name
         finished_seconds = None
         if self.run_dir is not None:
             record = self.run_settings(pair.source, pair.target, pair.image_size)
@@ -266,10 +346,8 @@ class DomainAdapter:
             finished_seconds = previous_wall_seconds(self.run_dir)
             write_config(self.run_dir, record)
 
-        torch.manual_seed(self.config.seed)  # the same initial weights for every method
         self.last_weights_: Method | None = None  # set when the model is a weight average
-        self.model_ = trained_method(self.method)(
-            DigitNetwork(network_name, len(pair.classes), pair.image_size))
+        self.model_ = trained_method(self.method)(network)
         if self.method == "sa" and self.init_from is not None:
             state = read_safetensors(self.init_from, "expected the model.safetensors of a "
                                      "finished source_only run of this pair")
@@ -321,13 +399,17 @@ class DomainAdapter:
                 f"{SA_FEATURES} — fit it again with `transferkit adapt --method sa` into "
                 "another folder")
         settings = {key: config[key] for key in RUN_KEYS if key not in ("source", "target")}
+        backbone = {key: config[key] for key in ("backbone", "weights", "unfreeze", "bottleneck")
+                    if key in config}
         adapter = cls(**settings, device=device, data_root=data_root,
                       binarize_source=config.get("binarize_source", False),
                       geometry=config.get("geometry", "resize"),
-                      ema_decay=config.get("ema_decay"), progress=progress)
+                      ema_decay=config.get("ema_decay"), progress=progress, **backbone)
         pair = pair_of_run(config, data_root)
+        # every weight comes from model.safetensors: the backbone is built without downloading
         model = trained_method(adapter.method)(
-            DigitNetwork(adapter.network, len(pair.classes), pair.image_size))
+            network_of_run(config, len(pair.classes),
+                           data_root=str(data_root) if data_root is not None else None))
         state = read_safetensors(weights_path, "train the run again (transferkit adapt with its "
                                  "settings and --restart) or restore the file")
         try:
@@ -341,6 +423,15 @@ class DomainAdapter:
         adapter.alignment_ = (run_alignment(run, adapter.model_, pair, adapter.config.seed)
                               if adapter.method == "sa" else None)
         return adapter
+
+    def _build_network(self, classes: int, image_size: int) -> torch.nn.Module:
+        """The paper's digit network (``network``) or ``backbone`` with a new bottleneck and
+        head (:func:`transferkit.models.classifier.build_network`)."""
+        if self.backbone is None:
+            return DigitNetwork(self.network, classes, image_size)
+        return build_network(self.backbone, classes, image_size, self.weights,
+                             self.unfreeze, self.bottleneck,
+                             str(self.data_root) if self.data_root is not None else None)
 
     # -- using the fitted model --------------------------------------------------------------
 
@@ -382,10 +473,16 @@ class DomainAdapter:
     def run_settings(self, source: str, target: str, image_size: int) -> dict[str, Any]:
         """What ``config.json`` records and :func:`check_same_run` compares: every setting of
         this adapter on ``source → target`` at ``image_size``."""
+        backbone = {}
+        if self.backbone is not None:  # recorded only for backbone runs: digit runs read as before
+            spec_mean, spec_std = self.pair_.mean.tolist(), self.pair_.std.tolist()
+            backbone = {"backbone": self.backbone, "weights": self.weights,
+                        "unfreeze": self.unfreeze, "bottleneck": self.bottleneck,
+                        "normalization": {"mean": spec_mean, "std": spec_std}}
         return {"method": self.method, "source": source, "target": target,
                 "network": self.network, "image_size": image_size,
                 "binarize_source": self.binarize_source, "geometry": self.geometry,
-                "ema_decay": self.ema_decay, **asdict(self.config),
+                "ema_decay": self.ema_decay, **asdict(self.config), **backbone,
                 **({"sa_features": SA_FEATURES} if self.method == "sa" else {})}
 
     def results(self) -> dict[str, Any]:
@@ -398,7 +495,8 @@ class DomainAdapter:
             "target": self.pair_.target,
             "seed": self.config.seed,
             "oracle": self.method == "target_only",
-            "target_test_accuracy": self.score("target_test"),
+            "target_test_accuracy": (self.score("target_test")
+                                     if self.pair_.target_test is not None else None),
             "source_test_accuracy": (self.score("source_test")
                                      if self.pair_.source_test is not None else None),
             "selected_by": ("last_epoch" if self.ema_decay is None
@@ -409,6 +507,7 @@ class DomainAdapter:
             "machine": describe_machine(self.device_),
             "threads": torch.get_num_threads(),
             "network": self.network,
+            **({"backbone": self.backbone} if self.backbone is not None else {}),
             "image_size": self.pair_.image_size,
             "binarize_source": self.binarize_source,
             "geometry": self.geometry,
@@ -422,7 +521,8 @@ class DomainAdapter:
         last = self.last_weights_
         if last is not None:
             record["last_epoch_weights"] = {
-                "target_test_accuracy": evaluate(last, self.pair_.target_test, self.pair_),
+                "target_test_accuracy": (evaluate(last, self.pair_.target_test, self.pair_)
+                                         if self.pair_.target_test is not None else None),
                 "source_test_accuracy": (evaluate(last, self.pair_.source_test, self.pair_)
                                          if self.pair_.source_test is not None else None),
             }
@@ -436,8 +536,9 @@ class DomainAdapter:
             # The paper chose d on the target test set; every size's target-test accuracy is
             # kept so a report can show that oracle beside the honest choice. Not used above.
             test = self.pair_.target_test
-            record["sa_oracle_target_test"] = self.alignment_.accuracy_by_dimension(
-                extract_features(self.model_, test, self.pair_), test.labels.numpy())
+            if test is not None:
+                record["sa_oracle_target_test"] = self.alignment_.accuracy_by_dimension(
+                    extract_features(self.model_, test, self.pair_), test.labels.numpy())
             if self.init_from is not None:
                 record["sa_features_from"] = str(self.init_from)
         return record
@@ -447,6 +548,12 @@ class DomainAdapter:
         run: each replaced whole, so a full disk leaves the previous file, not half of one."""
         assert self.run_dir is not None
         save_tensors(self.run_dir / "model.safetensors", self.model_.state_dict())
+        pair = self.pair_
+        write_json(self.run_dir / PREPROCESSING_FILE, {
+            "image_size": pair.image_size, "geometry": self.geometry or "resize",
+            "mean": pair.mean.tolist(),
+            "std": pair.std.tolist() if pair.std is not None else [1.0] * len(pair.mean),
+            "classes": list(pair.classes)})
         if self.alignment_ is not None:
             data = arrays_bytes(self.alignment_.state_dict())
             replace_file(self.run_dir / ALIGNMENT_FILE, lambda handle: handle.write(data))

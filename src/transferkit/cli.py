@@ -214,13 +214,15 @@ def _adapt(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch, seed=args.seed, device=args.device,
         run_dir=out, data_root=args.data_root, binarize_source=args.binarize_source,
         geometry=args.geometry, ema_decay=args.ema_decay,
-        progress=not args.quiet, restart=args.restart,
+        progress=not args.quiet, restart=args.restart, backbone=args.backbone,
+        weights=args.weights, unfreeze=args.unfreeze, bottleneck=args.bottleneck or None,
     ).fit(args.source, args.target)
     results = adapter.results_
     oracle = " (oracle: trained on target labels)" if results["oracle"] else ""
     source_test = results["source_test_accuracy"]
+    target = results["target_test_accuracy"]
     print(f"{args.method} {args.source} → {args.target}{oracle}: target-test accuracy "
-          f"{results['target_test_accuracy']:.4f}, source-test "
+          f"{'— (unlabelled target)' if target is None else f'{target:.4f}'}, source-test "
           f"{f'{source_test:.4f}' if source_test is not None else '—'}"
           f", {results['wall_seconds']:.0f} s on {results['device']}; run directory {out}")
     warning = PredictionShares.from_dict(results["label_free_check"]).message()
@@ -336,7 +338,14 @@ def _predict(args: argparse.Namespace) -> int:
     from transferkit.pretrained.predict import expand, predict_files
     from transferkit.training.device import resolve_device
 
-    model = load_model(args.model)
+    config = Path(args.model) / "config.json"
+    if (Path(args.model) / "preprocessing.json").is_file() or (
+            config.is_file() and '"method"' in config.read_text(errors="replace")):
+        from transferkit.api import AdaptedModel
+
+        model = AdaptedModel(args.model)  # a transferkit adapt run
+    else:
+        model = load_model(args.model)
     files = expand(args.images)
     results = predict_files(model, files, top=args.top, device=resolve_device(args.device))
     failed = 0
@@ -523,13 +532,28 @@ def build_parser() -> argparse.ArgumentParser:
                             "entropy + virtual adversarial training, Shu et al. 2018) — the "
                             "last three past the DANN paper")
     adapt.add_argument("--source", required=True, help="labelled source data set, e.g. mnist")
-    adapt.add_argument("--target", required=True, help="unlabelled target data set, e.g. mnist_m")
+    adapt.add_argument("--target", required=True,
+                       help="target data set, e.g. mnist_m, folder:PATH, or unlabelled:PATH (a folder "
+                            "of images without labels: no target accuracy is reported)")
     adapt.add_argument("--epochs", type=positive_int, default=10, help="passes over the labelled data")
     adapt.add_argument("--seed", type=seed_int, default=0)
     adapt.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     adapt.add_argument("--out", metavar="DIR", help="run directory (default runs/S-T-M-seedK)")
     adapt.add_argument("--network", choices=NETWORK_NAMES,
                        help="the paper's network to use (default: the paper's for the pair)")
+    adapt.add_argument("--backbone", metavar="NAME",
+                       help="adapt any backbone instead, with a new bottleneck and head: a "
+                            "torchvision model (resnet50), timm:NAME, efficientnet_lite0, "
+                            "small_convnet, run:DIR (a trained adapt run's network)")
+    adapt.add_argument("--weights", default="imagenet", metavar="imagenet|random|FILE",
+                       help="--backbone's starting weights (%(default)s; a FILE is a safetensors "
+                            "or weights-only state dict)")
+    adapt.add_argument("--unfreeze", type=unfreeze_stages, default="all", metavar="K|all|STAGE",
+                       help="train the backbone's last K stages (or from STAGE on); the others "
+                            "stay frozen (%(default)s)")
+    adapt.add_argument("--bottleneck", type=non_negative_int, default=256, metavar="N",
+                       help="width of the bottleneck between backbone and head, 0 for none "
+                            "(%(default)s)")
     adapt.add_argument("--image-size",
                        type=integer(ADAPT_MIN_IMAGE_SIZE, what="pixels, the smallest every network takes"),
                        help=f"common input size of both domains, at least {ADAPT_MIN_IMAGE_SIZE}")
@@ -591,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="class and probability for images, with a saved model",
         description="Print FILE, class and probability for each image (files or folders, searched "
                     "recursively). Unreadable files are reported on stderr and the exit code is 1.")
-    pred.add_argument("model", metavar="MODEL", help="run folder written by extract, finetune or scratch")
+    pred.add_argument("model", metavar="MODEL",
+                      help="run folder written by adapt, extract, finetune or scratch")
     pred.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     pred.add_argument("--top", type=positive_int, default=1,
                       help="also list the next most likely classes (%(default)s: the most likely only)")

@@ -247,11 +247,11 @@ def _fmt(value: Any) -> str:
 
 def adapt_network(run: Path, config: dict[str, Any], classes: int, trained: bool = True):
     from transferkit.methods import trained_method
-    from transferkit.models.digit_networks import DigitNetwork
+    from transferkit.models.classifier import network_of_run
     from transferkit.training.runfolder import read_safetensors
 
     torch.manual_seed(config.get("seed", 0))  # the initial weights the run started from
-    network = DigitNetwork(config["network"], classes, config["image_size"])
+    network = network_of_run(config, classes, initial=not trained)
     # the method may reshape the network (CDAN widens the domain classifier's input)
     method = trained_method(config["method"])(network)
     if trained:
@@ -342,9 +342,12 @@ def _adapt_report(
                 "Learning curves (one point per epoch)",
             )
         )
-    _, predicted = (features_and_predictions(network, pair.target_test.images, pair) if alignment is None
-                    else aligned_and_predictions(network, alignment, pair.target_test.images, pair))
-    if alignment is not None:  # SA as saved (or fitted again): it must predict as the run did
+    # an unlabelled target (unlabelled:PATH) has no test split: its training images stand in
+    # for the pictures, and no picture needs a target label
+    target_images = pair.target_test if pair.target_test is not None else pair.target_train
+    _, predicted = (features_and_predictions(network, target_images.images, pair) if alignment is None
+                    else aligned_and_predictions(network, alignment, target_images.images, pair))
+    if alignment is not None and pair.target_test is not None:  # SA must predict as the run did
         refitted = float((predicted == pair.target_test.labels.numpy()).mean())
         if abs(refitted - metrics["target_test_accuracy"]) > 1e-6:
             notes.append(f"SA as read here gives target-test accuracy {refitted:.4f}, the run "
@@ -368,18 +371,19 @@ def _adapt_report(
                     "Label-free check: where the model sends the unlabelled target training "
                     "images, beside the source labels (red: a class with 2× or ½ its source "
                     "share)"))
-    figures.append(
-        (
-            _confusion(
-                pair.target_test.labels.numpy(),
-                predicted,
-                pair.classes,
-                out / "confusion.png",
-                f"{config['target']} test",
-            ),
-            "Target-test confusion matrix (final number only)",
+    if pair.target_test is not None:
+        figures.append(
+            (
+                _confusion(
+                    pair.target_test.labels.numpy(),
+                    predicted,
+                    pair.classes,
+                    out / "confusion.png",
+                    f"{config['target']} test",
+                ),
+                "Target-test confusion matrix (final number only)",
+            )
         )
-    )
     rng = np.random.default_rng(0)
     pick = lambda split, k: split.images[torch.as_tensor(rng.choice(len(split), k, replace=False))]  # noqa: E731
     figures.append(
@@ -398,9 +402,9 @@ def _adapt_report(
     source_split = pair.source_test or pair.source_train
     s_index = torch.as_tensor(rng.choice(len(source_split), min(samples, len(source_split)), replace=False))
     t_index = torch.as_tensor(
-        rng.choice(len(pair.target_test), min(samples, len(pair.target_test)), replace=False)
+        rng.choice(len(target_images), min(samples, len(target_images)), replace=False)
     )
-    images = torch.cat([source_split.images[s_index], pair.target_test.images[t_index]])
+    images = torch.cat([source_split.images[s_index], target_images.images[t_index]])
     domain = np.r_[np.zeros(len(s_index), dtype=int), np.ones(len(t_index), dtype=int)]
     names = {0: f"source ({config['source']})", 1: f"target ({config['target']})"}
     if before is None:

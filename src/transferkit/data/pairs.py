@@ -9,7 +9,8 @@ subtracted per batch by :meth:`DomainPair.normalize`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +41,13 @@ def to_common_form(image_set: ImageSet, size: int, channels: int = 3,
     (bilinear, antialiased) or ``center`` (centre crop / zero pad, see :func:`center_to`)."""
     if geometry not in GEOMETRIES:
         raise TransferkitError(f"geometry {geometry!r}: expected one of {', '.join(GEOMETRIES)}")
+    if not isinstance(image_set.images, np.ndarray):  # photos of many sizes: one at a time
+        out = torch.empty((len(image_set), channels, size, size), dtype=torch.uint8)
+        for index, pixels in enumerate(image_set.images):
+            single = ImageSet(np.ascontiguousarray(pixels)[None], image_set.labels[index : index + 1],
+                              image_set.classes)
+            out[index] = to_common_form(single, size, channels, geometry)[0]
+        return out
     images, _ = image_set.to_tensors()
     if images.shape[1] == 1 and channels == 3:
         images = images.expand(-1, 3, -1, -1)
@@ -79,21 +87,37 @@ class DomainPair:
     source_train: DomainSplit
     source_test: DomainSplit | None
     target_train: DomainSplit
-    target_test: DomainSplit
+    target_test: DomainSplit | None  # None: an unlabelled target (``unlabelled:PATH``)
     mean: torch.Tensor  # per-channel mean of source and target training pixels, in [0, 1]
+    std: torch.Tensor | None = None  # per-channel divisor after the mean (None: 1)
     _means: dict[torch.device, torch.Tensor] = field(default_factory=dict, init=False,
                                                      repr=False, compare=False)
+    _stds: dict[torch.device, torch.Tensor] = field(default_factory=dict, init=False,
+                                                    repr=False, compare=False)
 
     @property
     def image_size(self) -> int:
         return int(self.source_train.images.shape[-1])
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N×C×H×W → float in [0, 1] minus the pair's mean (on the images' device)."""
+        """uint8 N×C×H×W → float in [0, 1] minus the pair's mean (divided by ``std`` where the
+        pair has one), on the images' device."""
         mean = self._means.get(images.device)
         if mean is None:  # one copy per device: a per-batch host → GPU copy would block
             mean = self._means[images.device] = self.mean.to(images.device).view(1, -1, 1, 1)
-        return images.float().div_(255.0).sub_(mean)
+        normalized = images.float().div_(255.0).sub_(mean)
+        if self.std is None:
+            return normalized
+        std = self._stds.get(images.device)
+        if std is None:
+            std = self._stds[images.device] = self.std.to(images.device).view(1, -1, 1, 1)
+        return normalized.div_(std)
+
+    def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> DomainPair:
+        """The same images normalised with a backbone's constants ((x − mean) / std, x in
+        [0, 1]) instead of the pair's own mean."""
+        return replace(self, mean=torch.tensor(mean, dtype=torch.float32),
+                       std=torch.tensor(std, dtype=torch.float32))
 
 
 def held_out_tenth(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,12 +163,36 @@ def binarize(image_set: ImageSet) -> ImageSet:
     return ImageSet(images, image_set.labels, image_set.classes)
 
 
+UNLABELLED = "unlabelled:"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+
+
+def read_unlabelled(spec: str, classes: tuple[str, ...]) -> ImageSet:
+    """``unlabelled:PATH``: every image file under PATH (recursively, sorted), without labels
+    (each label −1): a target domain as a practitioner has it."""
+    from transferkit.data.decode import decode_many
+    from transferkit.data.images import stack_images
+
+    folder = Path(spec.removeprefix(UNLABELLED)).expanduser()
+    if not folder.is_dir():
+        raise TransferkitError(f"{spec}: {folder} is not a folder (expected a folder of images)")
+    files = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not p.name.startswith(".")), key=lambda p: p.relative_to(folder).as_posix())
+    if not files:
+        raise TransferkitError(f"{spec}: {folder} holds no images (expected files ending in "
+                               f"{', '.join(IMAGE_SUFFIXES)})")
+    images = decode_many([(str(p), p.read_bytes) for p in files], "RGB", desc=folder.name)
+    return ImageSet(stack_images(images), np.full(len(files), -1, dtype=np.int64), classes)
+
+
 def load_pair(
     source: str, target: str, size: int | None = None,
     data_root: str | os.PathLike[str] | None = None, binarize_source: bool = False,
     geometry: str = "resize",
 ) -> DomainPair:
-    """Load ``source`` (train, and test if it has one) and ``target`` (train, test) as one pair.
+    """Load ``source`` (train, and test if it has one) and ``target`` (train, test) as one pair;
+    a target ``unlabelled:PATH`` is every image under PATH, as unlabelled training images, with
+    no target-test split (so no target accuracy).
 
     ``size`` defaults to the larger image side of the two domains. ``binarize_source`` maps
     every non-zero source pixel to 255 (see :func:`binarize`). ``geometry`` says how images
@@ -152,11 +200,12 @@ def load_pair(
     scale kept) — right when one domain is the other one padded, as MNIST-M's 32×32 images
     are MNIST's 28×28 digits with a 2-pixel border.
     """
-    parts = {
-        ("source", "train"): load_split(source, "train", data_root),
-        ("target", "train"): load_split(target, "train", data_root),
-        ("target", "test"): load_split(target, "test", data_root),
-    }
+    parts = {("source", "train"): load_split(source, "train", data_root)}
+    if target.startswith(UNLABELLED):
+        parts[("target", "train")] = read_unlabelled(target, parts[("source", "train")].classes)
+    else:
+        parts[("target", "train")] = load_split(target, "train", data_root)
+        parts[("target", "test")] = load_split(target, "test", data_root)
     try:
         parts[("source", "test")] = load_split(source, "test", data_root)
     except TransferkitError as exc:
@@ -170,7 +219,8 @@ def load_pair(
     if size is None:
         shapes = [p.image_shape for p in parts.values()]
         if any(s is None for s in shapes):
-            raise TransferkitError("images differ in size within a split: pass size=")
+            raise TransferkitError("images differ in size within a split: give --image-size "
+                                   "(size=) to bring them all to")
         size = max(max(s[0], s[1]) for s in shapes if s is not None)
     splits = {
         key: DomainSplit(to_common_form(part, size, geometry=geometry),
@@ -181,13 +231,18 @@ def load_pair(
     return DomainPair(
         source=source, target=target, classes=parts[("source", "train")].classes,
         source_train=splits[("source", "train")], source_test=splits.get(("source", "test")),
-        target_train=splits[("target", "train")], target_test=splits[("target", "test")],
+        target_train=splits[("target", "train")], target_test=splits.get(("target", "test")),
         mean=mean,
     )
 
 
 def pair_of_run(config: dict, data_root: str | os.PathLike[str] | None = None) -> DomainPair:
-    """The domain pair a ``transferkit adapt`` run was trained on, from its ``config.json``."""
-    return load_pair(config["source"], config["target"], size=config["image_size"], data_root=data_root,
+    """The domain pair a ``transferkit adapt`` run was trained on, from its ``config.json``
+    (with its backbone's normalisation, where the run recorded one)."""
+    pair = load_pair(config["source"], config["target"], size=config["image_size"], data_root=data_root,
                      binarize_source=config.get("binarize_source", False),
                      geometry=config.get("geometry", "resize"))
+    normalization = config.get("normalization")
+    if normalization:
+        pair = pair.with_normalization(tuple(normalization["mean"]), tuple(normalization["std"]))
+    return pair

@@ -24,6 +24,16 @@ class Method(nn.Module):
         super().__init__()
         self.network = network
 
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser parameter groups, each with an ``lr_scale`` (the loop multiplies the
+        scheduled learning rate by it): a network that has a rule (a pretrained backbone at a
+        fraction of the rate, see :mod:`transferkit.models.classifier`) gets it, with the
+        method's own modules at the full rate; otherwise one group of every parameter."""
+        if hasattr(self.network, "parameter_groups"):
+            own = [p for name, p in self.named_parameters() if not name.startswith("network.")]
+            return self.network.parameter_groups(own)
+        return [{"params": list(self.parameters()), "lr_scale": 1.0}]
+
     def labelled_split(self, pair: DomainPair) -> DomainSplit:
         """The labelled data of the classification loss."""
         return pair.source_train

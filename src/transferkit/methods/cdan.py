@@ -66,9 +66,12 @@ class CDAN(DANN):
             self.register_buffer("feature_projection",
                                  torch.randn(network.feature_dim, RANDOMIZED_DIM))
             self.register_buffer("class_projection", torch.randn(classes, RANDOMIZED_DIM))
-        # the network's domain classifier, its input widened to the conditioned features
-        network.domain_classifier = mlp(width, network.spec.domain_hidden, 1)
-        initialize(network.domain_classifier)
+        # the domain classifier, its input widened to the conditioned features
+        if "discriminator" in self._modules:
+            self.discriminator = self.make_domain_classifier(width)
+        else:
+            network.domain_classifier = mlp(width, network.spec.domain_hidden, 1)
+            initialize(network.domain_classifier)
 
     def condition(self, features: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
         """T(f, g): the multilinear map of features and class probabilities, or its randomised
@@ -87,7 +90,7 @@ class CDAN(DANN):
         probabilities = F.softmax(logits, dim=1).detach()
         coefficient = grl_coefficient(progress)
         conditioned = self.condition(gradient_reversal(features, coefficient), probabilities)
-        domain_logits = self.network.domain_classifier(conditioned).squeeze(1)
+        domain_logits = self.domain_classifier(conditioned).squeeze(1)
         weights = (entropy_weights(probabilities, len(images))
                    if self.entropy_conditioning else None)
         return self.combine(class_loss, domain_logits, len(images), coefficient, weights)

@@ -29,6 +29,7 @@ from torch import nn
 
 from transferkit.methods.base import Method
 from transferkit.models import gradient_reversal
+from transferkit.models.digit_networks import initialize, mlp
 from transferkit.training.schedules import grl_coefficient
 
 DOMAIN_LOSSES = ("mean", "sum")
@@ -44,6 +45,22 @@ class DANN(Method):
             raise ValueError(f"domain_loss {domain_loss!r}: expected one of "
                              f"{', '.join(DOMAIN_LOSSES)}")
         self.domain_loss = domain_loss
+        if not hasattr(network, "domain_classifier"):
+            self.discriminator = self.make_domain_classifier(network.feature_dim)
+
+    def make_domain_classifier(self, in_features: int) -> nn.Module:
+        """The method's own domain classifier for a network that brings none (every network
+        but the paper's digit networks): an MLP of the network's ``domain_hidden`` widths."""
+        classifier = mlp(in_features, tuple(self.network.domain_hidden), 1)
+        initialize(classifier)
+        return classifier
+
+    @property
+    def domain_classifier(self) -> nn.Module:
+        """The paper's networks carry their domain classifier (every digit run has saved it
+        there); any other network's is the method's own."""
+        own = self._modules.get("discriminator")
+        return own if own is not None else self.network.domain_classifier
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor,
                target_images: torch.Tensor | None, progress: float) -> dict[str, torch.Tensor]:
@@ -59,7 +76,7 @@ class DANN(Method):
         source_features = features[: len(images)]
         class_loss = F.cross_entropy(self.network.label_predictor(source_features), labels)
         coefficient = grl_coefficient(progress)
-        domain_logits = self.network.domain_classifier(
+        domain_logits = self.domain_classifier(
             gradient_reversal(features, coefficient)
         ).squeeze(1)
         return self.combine(class_loss, domain_logits, len(images), coefficient), features

@@ -151,6 +151,11 @@ class DigitNetwork(nn.Module):
         self.domain_classifier = mlp(width, spec.domain_hidden, 1)
         initialize(self, init)
 
+    @property
+    def domain_hidden(self) -> tuple[int, ...]:
+        """The hidden widths of the paper's domain classifier for this network."""
+        return self.spec.domain_hidden
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits."""
         return self.label_predictor(self.features(images))

@@ -69,6 +69,8 @@ def predict_files(
 ) -> list[Prediction]:
     device = device or torch.device("cpu")
     model = model.to(device).eval()
+    if hasattr(model, "read"):  # an adapt run (transferkit.api.AdaptedModel)
+        return _predict_adapted(model, files, batch_size, top, device)
     spec = model.backbone.spec
     size, side = spec.input_size, imaging.stored_size(spec.input_size, spec.crop_fraction)
     results: list[Prediction] = []
@@ -85,6 +87,32 @@ def predict_files(
             continue
         x = imaging.normalise(imaging.centre(torch.stack(tensors), size).to(device), spec.mean, spec.std)
         probs = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(1).cpu()
+        for path, p in zip(ok, probs, strict=True):
+            values, index = p.topk(min(top, len(model.classes)))
+            ranked = [(model.classes[i], float(v)) for v, i in zip(values, index, strict=True)]
+            results.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
+    order = {path: i for i, path in enumerate(files)}
+    return sorted(results, key=lambda r: order[r.path])
+
+
+def _predict_adapted(model, files: list[Path], batch_size: int, top: int,
+                     device: torch.device) -> list[Prediction]:
+    """:func:`predict_files` for an adapt run: each image brought to the run's size and
+    geometry, normalised as its training images were."""
+    results: list[Prediction] = []
+    for start in range(0, len(files), batch_size):
+        tensors, ok = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                tensors.append(model.read(path))
+                ok.append(path)
+            except DataError as exc:  # the caller names the file
+                results.append(Prediction(path, None, None, [], exc.problem))
+        if not tensors:
+            continue
+        batch = torch.stack(tensors).to(device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            probs = model(batch).float().softmax(1).cpu()
         for path, p in zip(ok, probs, strict=True):
             values, index = p.topk(min(top, len(model.classes)))
             ranked = [(model.classes[i], float(v)) for v, i in zip(values, index, strict=True)]

@@ -272,7 +272,9 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
     batch = min(config.batch_size, len(labelled))
     steps_per_epoch = config.steps_per_epoch or max(1, len(labelled) // batch)
     total_steps = config.epochs * steps_per_epoch
-    optimizer = torch.optim.SGD(method.parameters(), lr=config.learning_rate,
+    # parameter groups with an lr_scale each: a pretrained backbone trains at a fraction of
+    # the rate (Method.parameter_groups); the paper's networks are one group at the full rate
+    optimizer = torch.optim.SGD(method.parameter_groups(), lr=config.learning_rate,
                                 momentum=config.momentum)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
@@ -322,7 +324,7 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
             progress_p = global_step / total_steps
             learning_rate = annealed_learning_rate(progress_p, config.learning_rate)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate
+                group["lr"] = learning_rate * group.get("lr_scale", 1.0)
             data_start = time.perf_counter()
             chosen = labelled_order.take(batch)
             images = pair.normalize(labelled.images[chosen])

@@ -1,0 +1,163 @@
+"""Every adaptation method on every backbone family: train a few steps, save, load, predict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from fakes import write_digit_pair, write_two_class_data
+
+from transferkit import DomainAdapter
+from transferkit.cli import main
+from transferkit.models.classifier import BACKBONE_LR_SCALE, BackboneClassifier
+from transferkit.names import METHOD_NAMES
+
+# one of each family, with weights that need no network: the paper's digit network, a
+# torchvision model, a timm model, Lite0 with its offline ImageNet weights, Chollet's convnet,
+# and the network of a finished adapt run
+FAMILIES = {
+    "digit": ("mnist", None),
+    "torchvision": ("resnet18", "random"),
+    "timm": ("timm:mobilenetv2_050", "random"),
+    "lite0": ("efficientnet_lite0", "imagenet"),
+    "small_convnet": ("small_convnet", "random"),
+    "run": ("run:", None),
+}
+
+
+@pytest.fixture(scope="module")
+def digit_root(tmp_path_factory):
+    return write_digit_pair(tmp_path_factory.mktemp("data"), n_train=40, n_test=16)
+
+
+@pytest.fixture(scope="module")
+def finished_run(digit_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "source_only"
+    DomainAdapter(method="source_only", epochs=1, steps_per_epoch=2, batch_size=8, device="cpu",
+                  run_dir=out, data_root=digit_root, progress=False).fit("mnist", "mnist_m")
+    return out
+
+
+def _backbone(family, finished_run):
+    name, weights = FAMILIES[family]
+    if family == "run":
+        return f"run:{finished_run}", None
+    return name, weights
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_method_trains_on_every_backbone_family(method, family, digit_root, finished_run, tmp_path):
+    name, weights = _backbone(family, finished_run)
+    size = {"digit": 28, "run": 28, "small_convnet": 64}.get(family, 32)
+    settings = {"backbone": name, "image_size": size, "epochs": 1, "steps_per_epoch": 2,
+                "batch_size": 8, "device": "cpu", "data_root": digit_root, "progress": False,
+                "run_dir": tmp_path / "run"}
+    if weights is not None:
+        settings["weights"] = weights
+    if family == "lite0":
+        settings["unfreeze"] = 1  # the last stage trains, the rest stays frozen
+    adapter = DomainAdapter(method=method, **settings).fit("mnist", "mnist_m")
+    assert 0.0 <= adapter.results_["target_test_accuracy"] <= 1.0
+    network = adapter.model_.network
+    if family != "digit":
+        assert isinstance(network, BackboneClassifier)
+        config = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert config["backbone"] == name and len(config["normalization"]["mean"]) == 3
+    loaded = DomainAdapter.load(tmp_path / "run", data_root=digit_root, progress=False)
+    images = adapter.pair_.target_test.images[:6]
+    torch.testing.assert_close(loaded.predict(images), adapter.predict(images))
+
+
+def test_a_pretrained_backbone_trains_at_a_fraction_of_the_rate_and_frozen_stages_do_not_move(
+        digit_root, tmp_path):
+    from transferkit.methods import DANN
+    from transferkit.models.classifier import build_network
+
+    torch.manual_seed(0)
+    network = build_network("efficientnet_lite0", 10, 32, "imagenet", unfreeze=1)
+    method = DANN(network)
+    groups = method.parameter_groups()
+    scales = sorted(group["lr_scale"] for group in groups)
+    assert scales == [BACKBONE_LR_SCALE, 1.0]
+    grouped = {id(p) for group in groups for p in group["params"]}
+    frozen = [p for p in network.backbone.parameters() if not p.requires_grad]
+    assert frozen and not any(id(p) in grouped for p in frozen)
+    # the method's own domain classifier is in the full-rate group, sized from the bottleneck
+    assert method.discriminator[0].in_features == network.feature_dim
+    full = next(group for group in groups if group["lr_scale"] == 1.0)
+    assert {id(p) for p in method.discriminator.parameters()} <= {id(p) for p in full["params"]}
+    network.train()
+    frozen_modules = [m for stage in network.backbone.stages[: network.split] for m in stage.modules()]
+    assert frozen_modules and not any(m.training for m in frozen_modules)
+    adapter = DomainAdapter(method="dann", backbone="efficientnet_lite0", unfreeze=1, image_size=32,
+                            epochs=1, steps_per_epoch=3, batch_size=8, device="cpu", data_root=digit_root,
+                            progress=False, seed=0).fit("mnist", "mnist_m")
+    trained = adapter.last_weights_ or adapter.model_
+    pretrained, after = network.backbone.stages, trained.network.backbone.stages
+    for index in range(len(pretrained)):  # frozen stages (BatchNorm statistics too) unchanged
+        if not pretrained[index].state_dict():
+            continue  # the pooling stage holds nothing
+        same = all(torch.equal(a, b) for a, b in zip(pretrained[index].state_dict().values(),
+                                                      after[index].state_dict().values(), strict=True))
+        assert same == (index < network.split), pretrained_stage_names(network)[index]
+
+
+def pretrained_stage_names(network):
+    return network.backbone.stage_names
+
+
+def test_adapt_on_a_backbone_from_the_command_line(digit_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["adapt", "--method", "dann", "--source", "mnist", "--target", "mnist_m",
+                 "--backbone", "small_convnet", "--weights", "random", "--image-size", "64",
+                 "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--device", "cpu",
+                 "--quiet", "--out", str(out), "--data-root", str(digit_root)])
+    assert code == 0
+    assert "dann mnist → mnist_m" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["backbone"] == "small_convnet"
+    with pytest.raises(SystemExit):
+        main(["adapt", "--method", "dann", "--source", "mnist", "--target", "mnist_m",
+              "--backbone", "small_convnet", "--unfreeze", "-1"])
+
+
+def test_a_practitioners_walk_through_two_folders_adapt_a_pretrained_backbone_predict_report(
+        tmp_path, capsys):
+    """The README's walk-through: labelled source photos, a folder of unlabelled target photos of
+    another look, one adapt command on ImageNet EfficientNet-Lite0, then predict on new images
+    and report."""
+    from fakes import encode, two_class_images
+
+    source = write_two_class_data(tmp_path / "source", {"train": 24, "test": 8}, side=40)
+    target = tmp_path / "target"
+    (target / "day2").mkdir(parents=True)
+    images, _ = two_class_images(24, 40, seed=10)
+    for index, image in enumerate(images):  # another camera, darker, no labels
+        dimmer = (image.astype(float) * 0.6).astype("uint8")
+        folder = target if index % 2 else target / "day2"
+        (folder / f"{index}.png").write_bytes(encode(dimmer, "PNG"))
+    out = tmp_path / "run"
+    code = main(["adapt", "--method", "dann", "--source", f"folder:{source}",
+                 "--target", f"unlabelled:{target}", "--backbone", "efficientnet_lite0",
+                 "--unfreeze", "1", "--image-size", "32",
+                 "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--quiet", "--out", str(out)])
+    assert code == 0
+    assert "target-test accuracy — (unlabelled target)" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["target_test_accuracy"] is None and metrics["label_free_check"]
+    assert main(["adapt", "--method", "target_only", "--source", f"folder:{source}",  # needs labels
+                 "--target", f"unlabelled:{target}", "--image-size", "32", "--quiet",
+                 "--out", str(tmp_path / "oracle")]) == 2
+    assert "trains on target labels" in capsys.readouterr().err
+    new = tmp_path / "new"
+    new.mkdir()
+    images, _ = two_class_images(3, 40, seed=99)
+    for index, image in enumerate(images):
+        (new / f"photo{index}.jpg").write_bytes(encode(image, "JPEG"))
+    assert main(["predict", str(out), str(new), "--top", "2", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3 and all(line["class"] in ("cats", "dogs") for line in lines)
+    assert all(abs(sum(t["probability"] for t in line["top"]) - 1.0) < 1e-4 for line in lines)
+    assert main(["report", str(out), "--samples", "10"]) == 0
+    assert (out / "report" / "report.html").is_file()
