@@ -99,3 +99,10 @@ def test_a_made_set_is_a_target_adapt_can_use(tmp_path, capsys):
     assert code == 0
     assert "target-test accuracy" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["target"] == f"zip:{tmp_path / 'made'}"
+
+
+def test_an_out_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    assert _make(tmp_path, tmp_path / "afile" / "made") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot make the folder" in err[0]

@@ -53,7 +53,7 @@ BAD = [
     ("adapt", "--epochs", "ten", POSITIVE_INT),
     ("adapt", "--steps-per-epoch", "-1", POSITIVE_INT),
     ("adapt", "--steps-per-epoch", "0", POSITIVE_INT),  # was: a full pass, config.json said 0
-    *[("adapt", "--image-size", v, "an integer ≥ 16") for v in ("0", "1", "15", "-28")],
+    *[("adapt", "--image-size", v, "an integer from 16 to 1024") for v in ("0", "1", "15", "-28", "1025")],
     ("adapt", "--seed", "-1", SEED),
     ("adapt", "--seed", str(2**32), SEED),
     # reverse-validate
@@ -63,7 +63,7 @@ BAD = [
     *[(r, "--lr", v, FINITE_POSITIVE) for r in RECIPES for v in ("nan", "-1")],
     *[(r, "--batch-size", "0", POSITIVE_INT) for r in RECIPES],
     *[(r, "--patience", "0", POSITIVE_INT) for r in RECIPES],
-    *[(r, "--image-size", v, "an integer ≥ 8") for r in RECIPES for v in ("0", "7")],
+    *[(r, "--image-size", v, "an integer from 8 to 1024") for r in RECIPES for v in ("0", "7", "20000")],
     *[(r, "--train-size", v, "an integer ≥ 2") for r in RECIPES for v in ("1", "0")],
     *[(r, "--seed", "-1", SEED) for r in RECIPES],
     ("finetune", "--views", "-1", "an integer ≥ 0"),

@@ -95,3 +95,17 @@ def test_report_of_a_finetune_run(tmp_path, capsys):
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
+
+
+def test_report_of_an_adaptation_run_with_a_handful_of_test_images(tmp_path, capsys):
+    from transferkit import DomainAdapter
+
+    root = write_digit_pair(tmp_path / "data", n_train=20, n_test=3)
+    run = tmp_path / "run"
+    DomainAdapter(method="dann", epochs=1, steps_per_epoch=2, batch_size=8, device="cpu", run_dir=run,
+                  data_root=root, progress=False).fit("mnist", "mnist_m")
+    assert main(["report", str(run), "--samples", "10", "--data-root", str(root)]) == 0
+    page = (run / "report" / "report.html").read_text()
+    assert "Domain gap not measured: too few images" in page
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert summary["features_proxy_a_distance_after"] is None

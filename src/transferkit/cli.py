@@ -25,6 +25,9 @@ EXIT_DATA_BAD = 1
 ADAPT_MIN_IMAGE_SIZE = 16
 # The smallest --image-size of the recipes (pretrained.recipes checks the backbone itself).
 RECIPE_MIN_IMAGE_SIZE = 8
+# The largest --image-size: 1,024 px is four times ImageNet's 224 (an image of it, as float,
+# takes 12.6 MB; a batch of 64, 0.8 GB): beyond it memory, not the model, decides.
+MAX_IMAGE_SIZE = 1024
 SEED_MAX = 2**32 - 1
 
 
@@ -187,6 +190,9 @@ def _data_make(args: argparse.Namespace) -> int:
     classes: list[str] = []
     for split in source.splits:
         image_set = load_split(args.digits, split, args.data_root)
+        if not isinstance(image_set.images, np.ndarray):
+            raise TransferkitError(f"--digits {args.digits}: its {split} images differ in size; "
+                                   "expected digits of one size (at most 32×32)")
         if image_set.images.shape[-1] != 1:
             raise TransferkitError(f"--digits {args.digits}: expected grey images, its {split} split "
                                    f"has {image_set.images.shape[-1]} channels")
@@ -397,8 +403,9 @@ def _add_recipe(commands, name: str, help_text: str, description: str) -> argpar
     parser.add_argument("--weights", default="random" if scratch else "imagenet",
                         help="imagenet (the library's pretrained weights), random, or a state-dict file "
                              "(.safetensors, or .pth read with weights_only=True); default %(default)s")
-    parser.add_argument("--image-size", type=integer(RECIPE_MIN_IMAGE_SIZE, what="pixels"),
-                        help=f"input size, at least {RECIPE_MIN_IMAGE_SIZE} (default: the backbone's)")
+    parser.add_argument("--image-size", type=integer(RECIPE_MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, what="pixels"),
+                        help=f"input size, {RECIPE_MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} "
+                             "(default: the backbone's)")
     parser.add_argument("--head", default="linear", choices=["linear", "mlp"],
                         help="new classifier: linear, or mlp (Dense 256 + dropout 0.5, as Chollet)")
     parser.add_argument("--epochs", type=positive_int, default=40,
@@ -555,8 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="width of the bottleneck between backbone and head, 0 for none "
                             "(%(default)s)")
     adapt.add_argument("--image-size",
-                       type=integer(ADAPT_MIN_IMAGE_SIZE, what="pixels, the smallest every network takes"),
-                       help=f"common input size of both domains, at least {ADAPT_MIN_IMAGE_SIZE}")
+                       type=integer(ADAPT_MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, what="pixels"),
+                       help=f"common input size of both domains, {ADAPT_MIN_IMAGE_SIZE} (the smallest "
+                            f"every digit network takes) to {MAX_IMAGE_SIZE}")
     adapt.add_argument("--batch-size", type=positive_int, default=64,
                        help="source images per step (and as many target images)")
     adapt.add_argument("--lr", type=positive_float, default=0.01, help="initial learning rate μ₀")

@@ -169,8 +169,16 @@ def proxy_a_distance(source: np.ndarray, target: np.ndarray, samples: int = 2000
     order = rng.permutation(2 * k)
     x, y = x[order], y[order]
     half = k
+    fewest = int(np.bincount(y[:half].astype(int), minlength=2).min())
+    if fewest < 2:  # cross-validation needs two of each domain in the training half
+        from transferkit.errors import TransferkitError
+
+        raise TransferkitError(f"too few images to measure the domain gap ({k} per domain; it "
+                               "takes at least 4 of each)")
     scaler = StandardScaler().fit(x[:half])
-    classifier = GridSearchCV(LogisticRegression(max_iter=2000), {"C": [0.001, 0.01, 0.1, 1.0]}, cv=3)
+    folds = min(3, fewest)  # 3 whenever there are enough images: the measure as it always was
+    classifier = GridSearchCV(LogisticRegression(max_iter=2000), {"C": [0.001, 0.01, 0.1, 1.0]},
+                              cv=folds)
     classifier.fit(scaler.transform(x[:half]), y[:half])
     error = float((classifier.predict(scaler.transform(x[half:])) != y[half:]).mean())
     error = min(error, 0.5)

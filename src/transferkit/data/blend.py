@@ -147,19 +147,34 @@ def make_blended(out: Path, photos_folder: Path, splits: dict[str, tuple[np.ndar
     from tqdm import tqdm
 
     photos = find_photos(photos_folder)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransferkitError(f"--out {out}: cannot make the folder ({exc.strerror or exc})") from None
     generator = np.random.default_rng(seed)
     plans = {split: BlendPlan.draw(len(digits), len(photos), generator)
              for split, (digits, _) in splits.items()}  # all draws before any decoding
+    from PIL import features
+
     record = {"made_by": "transferkit data make (Ganin et al. 2016, §5.2.1: |digit − patch|)",
               "seed": seed, "photos": str(photos_folder), "photo_count": len(photos),
+              # the WebP bytes are those of this encoder: the same seed and versions give the
+              # same files
+              "pillow": Image.__version__, "libwebp": features.version("webp"),
               "image_size": SIZE, **(describe or {}), "splits": {}}
     for split, (digits, labels) in splits.items():
         with tqdm(total=2 * len(digits), desc=f"{split}: blend, encode", unit="img",
                   disable=not progress, leave=False) as bar:
             images = blend(digits, photos, plans[split], bar.update)
-            digest = write_zip(out / f"{split}.zip", images, labels, bar.update)
+            try:
+                digest = write_zip(out / f"{split}.zip", images, labels, bar.update)
+            except OSError as exc:
+                raise TransferkitError(f"{out / f'{split}.zip'}: could not write it "
+                                       f"({exc.strerror or exc}); choose an --out with room") from None
         record["splits"][split] = {"count": len(images), "sha256": digest}
-    (out / "classes.txt").write_text("\n".join(classes) + "\n")
-    (out / "make.json").write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        (out / "classes.txt").write_text("\n".join(classes) + "\n")
+        (out / "make.json").write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        raise TransferkitError(f"--out {out}: could not write it ({exc.strerror or exc})") from None
     return record

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -199,7 +200,13 @@ def train_stage(
     result = StageResult(config.name, split)
     best_state = None
     n = len(train_labels)
-    batch_size = min(config.batch_size, n)
+    # Memory is bounded by the data, or one default batch where the data are fewer: a batch
+    # larger than both would only repeat images (a default batch of a tiny set repeats some, as
+    # every committed result was made).
+    batch_size = min(config.batch_size, max(n, StageConfig.batch_size))
+    if batch_size < config.batch_size and progress:
+        print(f"transferkit: --batch-size {config.batch_size} is more than the {n} training images: "
+              f"batches of {batch_size}", file=sys.stderr)
     per_epoch = max(n, config.min_batches * batch_size)
     steps = -(-per_epoch // batch_size)
     total = config.epochs * steps

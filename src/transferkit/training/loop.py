@@ -267,9 +267,13 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
     labelled = _to_device(method.labelled_split(pair), device)
     target = _to_device(pair.target_train, device) if method.uses_target else None
     monitor = method.monitor_split(pair)
-    # A batch never holds more than every labelled image once: a --batch-size beyond the data
-    # would only repeat images, at the cost of memory without bound.
-    batch = min(config.batch_size, len(labelled))
+    # Memory is bounded by the data, or one default batch where the data are fewer: a
+    # --batch-size beyond both would only repeat images, at the cost of memory without bound
+    # (a default batch of a tiny set repeats some, as every committed run was made).
+    batch = min(config.batch_size, max(len(labelled), TrainConfig.batch_size))
+    if batch < config.batch_size and progress:
+        tqdm.write(f"transferkit: --batch-size {config.batch_size} is more than the {len(labelled)} "
+                   f"labelled images: batches of {batch}")
     steps_per_epoch = config.steps_per_epoch or max(1, len(labelled) // batch)
     total_steps = config.epochs * steps_per_epoch
     # parameter groups with an lr_scale each: a pretrained backbone trains at a fraction of
