@@ -73,3 +73,24 @@ def test_a_model_trained_on_cuda_loads_and_predicts_on_the_cpu(digit_root, tmp_p
     clear = top[:, 0] - top[:, 1] > 2e-3
     assert float(clear.float().mean()) >= 0.9  # the check covers (nearly) every image
     assert torch.equal(reopened.predict(images)[clear], gpu_logits.argmax(1)[clear])
+
+
+def test_vadas_exact_adversarial_direction_on_cuda_is_the_cpus():
+    """The forward-mode product of VADA's power iteration, on the GPU against the CPU (TF32
+    off: the direction is compared, not the kernels' rounding)."""
+    from transferkit.methods.vada import adversarial_direction
+    from transferkit.models import DigitNetwork
+
+    torch.manual_seed(0)
+    network = DigitNetwork("mnist", 10, 28).eval()
+    images, start = torch.rand(16, 3, 28, 28) - 0.5, torch.randn(16, 3, 28, 28)
+    cpu = adversarial_direction(network, images, network(images), None, start)
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        gpu_net, gpu_images = network.cuda(), images.cuda()
+        gpu = adversarial_direction(gpu_net, gpu_images, gpu_net(gpu_images), None, start.cuda())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+    cosine = (gpu.cpu().double() * cpu.double()).flatten(1).sum(1)
+    assert float(cosine.min()) > 0.999

@@ -327,7 +327,7 @@ def fill_disk_at(monkeypatch, name: str, occurrence: int = 1) -> None:
     seen = []
 
     def opening(path):
-        if path.name == name + ".part":
+        if runfolder.is_part_file(path, name):  # .NAME.XXXXXXXX.part
             seen.append(path)
             if len(seen) == occurrence:
                 return FillsUp(path, 100)
@@ -454,3 +454,140 @@ def test_a_resume_or_a_no_op_rerun_keeps_the_runs_training_time(digit_root, tmp_
     assert main(adapt_args(out, digit_root)) == 0  # finished: trains nothing
     assert json.loads((out / "metrics.json").read_text())["wall_seconds"] == total
     assert f"{total:.0f} s on cpu" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- review: the lock, whole files, --out
+
+
+def test_the_lock_file_stays_and_still_locks_later_runs(photos, tmp_path, capsys):
+    # Before: the lock file was removed while held, so a process that had opened it could lock
+    # the removed file while a third locked a new one: two writers of one folder.
+    out = tmp_path / "run"
+    assert main(scratch_args(out, photos)) == 0
+    capsys.readouterr()
+    lock = out / runfolder.LOCK_FILE
+    assert lock.is_file()  # kept by a finished run
+    inode = lock.stat().st_ino
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # a new run takes the same lock
+        assert main(scratch_args(out, photos)) == 2
+        assert f"another transferkit process (pid {holder.pid})" in one_line(capsys)
+        assert lock.stat().st_ino == inode  # the refused writer left it in place
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock.stat().st_ino == inode
+    with runfolder.locked(out):  # and this process takes it: the other one cannot at once
+        second = subprocess.run([sys.executable, "-c", HOLDER, str(out)], input="", capture_output=True,
+                                text=True, timeout=300)
+        assert second.returncode != 0 and "held" not in second.stdout
+        assert "another transferkit process" in second.stderr
+        assert lock.stat().st_ino == inode
+    assert lock.stat().st_ino == inode
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_opened_again(tmp_path, monkeypatch):
+    # The race itself: this process opens the lock file, another removes it and a third makes
+    # and locks a new one before this process locks the one it opened.
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / runfolder.LOCK_FILE).write_text("")
+    real_open = runfolder._open_lock
+    holders = []
+
+    def open_then_lose_the_race(path):
+        descriptor = real_open(path)
+        if not holders:
+            path.unlink()
+            holders.append(subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, text=True))
+            assert holders[0].stdout.readline().strip() == "held"
+        return descriptor
+
+    monkeypatch.setattr(runfolder, "_open_lock", open_then_lose_the_race)
+    try:
+        with pytest.raises(TransferkitError, match="another transferkit process") as refused, \
+                runfolder.locked(out):
+            pass
+        assert f"(pid {holders[0].pid})" in str(refused.value)
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    with runfolder.locked(out):  # the holder gone: taken
+        assert (out / runfolder.LOCK_FILE).read_text().strip() == str(os.getpid())
+    assert (out / runfolder.LOCK_FILE).is_file()
+
+
+def test_files_are_replaced_whole_through_a_part_file_of_their_own(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    runfolder.write_json(path, {"epochs": 1})
+    assert json.loads(path.read_text()) == {"epochs": 1}
+    runfolder.save_tensors(tmp_path / "w.safetensors", {"x": torch.arange(6.0)})
+    assert torch.equal(runfolder.read_safetensors(tmp_path / "w.safetensors", "")["x"], torch.arange(6.0))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() makes it, not mkstemp's 0o600
+
+    # Two writers of one file (before: one PATH.part, the first writer's rename then failed).
+    def write_while_another_writes(handle):
+        handle.write(b'{"epochs": 2}')
+        runfolder.write_json(path, {"epochs": 3})
+
+    runfolder.replace_file(path, write_while_another_writes)
+    assert json.loads(path.read_text()) == {"epochs": 2} and part_files(tmp_path) == []
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor):
+        synced.append("folder" if os.path.isdir(f"/proc/self/fd/{descriptor}") else "file")
+        return real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    runfolder.write_json(path, {"epochs": 4})
+    assert synced == ["file", "folder"]  # the data, then the rename, on the disk
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(TransferkitError, match=r"config\.json: could not write it \(Input/output error\); "
+                                               "check that disk, or choose another --out"):
+        runfolder.write_json(path, {"epochs": 5})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"epochs": 4}  # the old file, unchanged
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and part_files(tmp_path) == []
+
+    # A part file left by a killed writer goes with its file on --restart.
+    (tmp_path / ".config.json.k1ll3d.part").write_bytes(b"{")
+    (tmp_path / "config.json.part").write_bytes(b"{")  # an older transferkit's
+    runfolder.discard(tmp_path, ("config.json",))
+    assert not path.exists() and part_files(tmp_path) == []
+
+
+def test_an_out_that_is_a_file_is_one_line(photos, digit_root, tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    for args in (scratch_args(a_file, photos), adapt_args(a_file, digit_root)):
+        assert main(args) == 2
+        assert f"--out {a_file} is a file, not a folder: choose a folder for the run" in one_line(capsys)
+    assert main(scratch_args(a_file / "run", photos)) == 2
+    assert f"--out {a_file / 'run'}: {a_file} is a file, not a folder" in one_line(capsys)
+    assert a_file.read_text() == "mine"
+
+
+def test_an_unreadable_config_says_restart_replaces_it(photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(scratch_args(out, photos)) == 0
+    capsys.readouterr()
+    (out / "config.json").write_text("{not json")
+    assert main(scratch_args(out, photos)) == 2
+    line = one_line(capsys)
+    assert f"{out / 'config.json'}: not readable JSON" in line
+    assert "rerun with --restart to replace it, or remove the folder" in line
+    assert main(scratch_args(out, photos, "--restart")) == 0
+    assert json.loads((out / "config.json").read_text())["recipe"] == "scratch"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import warnings
@@ -18,15 +19,41 @@ RESTART_ADVICE = ("rerun with --restart to discard it (and the run's metrics) an
                   "from the start, or remove the folder")
 
 
+DIGEST = "sha256"
+
+
+def content_digest(value: Any, digest: Any = None) -> str:
+    """SHA-256 of a checkpoint's contents: every tensor's dtype, shape and bytes, every other
+    value's repr, in key order. torch's zip reader checks no CRC, so a flipped bit in a tensor
+    would load silently without it."""
+    digest = hashlib.sha256() if digest is None else digest
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            content_digest(value[key], digest)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            content_digest(item, digest)
+    else:
+        digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``state`` as ``path``, whole or not at all: a crash or a full disk mid-write leaves the
-    previous checkpoint intact (and a full disk is one line naming the file).
+    previous checkpoint intact (and a full disk is one line naming the file). The state carries
+    the SHA-256 of its contents (:func:`content_digest`), checked on loading.
 
     The state is serialised in memory first: torch's zip writer, handed a file that fails,
     replaces the ``OSError`` with an unspecific ``RuntimeError`` as it closes.
     """
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({**state, DIGEST: content_digest(state)}, buffer)
     replace_file(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
@@ -52,4 +79,8 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     if not isinstance(state, dict) or any(key not in state for key in expected):
         raise corrupt_checkpoint(path, f"not a transferkit checkpoint: expected the keys "
                                        f"{', '.join(expected)}")
+    saved = state.pop(DIGEST, None)  # checkpoints written before the digest have none
+    if saved is not None and saved != content_digest(state):
+        raise corrupt_checkpoint(path, "its contents do not match the SHA-256 saved with them: "
+                                       "the file was damaged after it was written")
     return state

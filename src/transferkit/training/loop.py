@@ -287,6 +287,17 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
     state = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     if state is not None:
         assert checkpoint_path is not None
+        # the checkpoint's own record of its settings: a run folder that lost its config.json
+        # must not resume a run of other settings either (the device may change)
+        saved_config = state.get("config")
+        if isinstance(saved_config, dict):
+            changed = [f"{key}={saved_config.get(key)!r} there, {value!r} here"
+                       for key, value in asdict(config).items()
+                       if key != "device" and key in saved_config and saved_config[key] != value]
+            if changed:
+                raise TransferkitError(f"{checkpoint_path} was made with other settings "
+                                       f"({'; '.join(changed)}): choose another --out, or rerun "
+                                       "with --restart to train this run from the start")
         if average is not None and "average" not in state:
             raise TransferkitError(f"{checkpoint_path}: made without a weight average; it cannot "
                                    "resume a run that keeps one (remove the folder, or choose "

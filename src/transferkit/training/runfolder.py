@@ -4,11 +4,14 @@ or an unreadable weights file reported as one line.
 - :func:`locked` holds an exclusive ``flock`` on ``FOLDER/.transferkit.lock`` while a run
   writes the folder. A second process asking for it gets a :class:`TransferkitError` at once.
   The kernel releases the lock when the holder's descriptor closes, so a process killed with
-  ``kill -9`` leaves no stale lock behind (the file stays; it holds only the last pid).
-- :func:`replace_file` writes ``PATH.part`` and renames it over ``PATH``: a reader, an
-  interruption or a full disk never leaves half a file under ``PATH``; the previous file stays
-  as it was, and the part file is removed. Write failures (a full disk, a read-only folder)
-  become one line naming the file.
+  ``kill -9`` leaves no stale lock behind. The file stays in the folder (it holds only the last
+  pid): removing it while another process has it open would let two processes lock at once.
+  An ``--out`` that is a file is refused as one line.
+- :func:`replace_file` writes a part file of its own (``.NAME.XXXXXXXX.part``), flushes it to
+  the disk and renames it over ``PATH``, then flushes the folder: a reader, a second writer,
+  an interruption, a power loss or a full disk never leaves half a file under ``PATH``; the
+  previous file stays as it was, and the part file is removed. Write failures (a full disk, a
+  read-only folder) become one line naming the file.
 - :func:`check_same_settings` refuses to reuse a folder that holds a run of other settings;
   :func:`write_config` then records the settings, replacing ``config.json`` only when they
   differ, so a refused or failed rerun never leaves the config of one run beside the model of
@@ -22,8 +25,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,41 +51,96 @@ class NonFiniteError(TransferkitError):
 # ---------------------------------------------------------------- one writer at a time
 
 
+def _open_lock(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _not_a_folder(folder: Path, option: str) -> TransferkitError | None:
+    """The error for a ``folder`` that is, or lies under, a file; None when it is not so."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if place.is_dir():
+                return None
+            where = f"{option} {folder}" + ("" if place == folder else f": {place}")
+            return TransferkitError(f"{where} is a file, not a folder: choose a folder for the run")
+    return None
+
+
+def _take(descriptor: int, path: Path) -> bool | None:
+    """Lock ``descriptor`` (the lock file opened from ``path``): True when it is held, False when
+    another process holds it, None when the file it opened is no longer the one at ``path`` (it
+    was removed with its empty folder, or replaced, after it was opened): locking an orphaned
+    file would let a process that locks the new one write the folder too, so it is opened again."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without flock (some network mounts): unlocked
+        return True
+    mine = os.fstat(descriptor)
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return True if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino) else None
+
+
+def _acquire(folder: Path, path: Path, option: str) -> tuple[int, bool]:
+    """The held lock's descriptor, and whether this call made ``folder``."""
+    for _ in range(100):
+        created = not folder.exists()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            descriptor = _open_lock(path)
+        except OSError as exc:
+            raise (_not_a_folder(folder, option) or write_error(path, exc, option)) from None
+        try:
+            taken = _take(descriptor, path)
+            if taken is False:
+                raise TransferkitError(
+                    f"{folder}: another transferkit process{_holder(descriptor)} is writing this "
+                    f"run folder (it holds {path.name} there); wait for it to finish, or choose "
+                    f"another {option}")
+        except OSError as exc:  # fstat or stat of the lock file
+            os.close(descriptor)
+            raise write_error(path, exc, option) from None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        if taken:
+            return descriptor, created
+        os.close(descriptor)  # an orphaned lock file: open the one there now
+    raise TransferkitError(f"{path}: the lock file keeps being replaced by another process; "
+                           f"wait for it to finish, or choose another {option}")
+
+
 @contextmanager
 def locked(folder: Path, option: str = "--out") -> Iterator[None]:
     """Hold ``folder``'s lock (creating the folder) for the ``with`` block, or raise a
-    :class:`TransferkitError` naming the folder if another process holds it."""
+    :class:`TransferkitError` naming the folder if another process holds it.
+
+    The lock file stays in the folder once the block ends: removing it while another process
+    has it open would let that process lock the removed file while a third locks a new one.
+    Only a folder this call made and the run left empty (it failed before its first file, on
+    bad data say) is removed again, as the last step while the lock is still held; a process
+    that opened its lock file meanwhile finds the file gone once it gets the lock, and opens
+    the folder's lock file again."""
     folder = Path(folder)
     path = folder / LOCK_FILE
-    created = not folder.exists()
+    problem = _not_a_folder(folder, option)
+    if problem is not None:
+        raise problem
+    descriptor, created = _acquire(folder, path, option)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise write_error(path, exc, option) from None
-    held = False
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(descriptor)
-                raise TransferkitError(
-                    f"{folder}: another transferkit process{holder} is writing this run folder "
-                    f"(it holds {path.name} there); wait for it to finish, or choose another "
-                    f"{option}") from None
-            except OSError:  # a file system without flock (some network mounts): unlocked
-                pass
-        held = True
         with suppress(OSError):  # who holds it, for the message above; the lock needs it not
             os.ftruncate(descriptor, 0)
             os.write(descriptor, f"{os.getpid()}\n".encode())
         yield
     finally:
-        # A folder this call made, where the run wrote nothing (it failed before its first
-        # file, on bad data say), is removed again rather than left holding a lock file.
         with suppress(OSError):
-            if held and created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
                 path.unlink()
                 folder.rmdir()
         os.close(descriptor)  # releases the lock
@@ -114,20 +174,67 @@ def _open_partial(path: Path) -> IO[bytes]:
     return open(path, "wb")  # noqa: SIM115 — closed by replace_file
 
 
-def replace_file(path: Path, write: Callable[[IO[bytes]], None], option: str = "--out") -> None:
-    """``write(handle)`` into ``PATH.part``, then rename it over ``path``. On any failure the
-    part file is removed and ``path`` is left as it was; an ``OSError`` becomes one line."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".part")
+@cache
+def _file_mode() -> int:
+    """The mode ``open`` gives a new file (0o666 less the umask): ``mkstemp`` makes it 0o600."""
+    with suppress(OSError, ValueError), open("/proc/self/status") as status:  # Linux, thread-safe
+        for line in status:
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; a file system (or Windows) that refuses is let be."""
     try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def is_part_file(path: Path, name: str) -> bool:
+    """Whether ``path`` is a part file :func:`replace_file` writes for a file called ``name``."""
+    return path.name == name + ".part" or (
+        path.name.startswith(f".{name}.") and path.name.endswith(".part"))
+
+
+def replace_file(path: Path, write: Callable[[IO[bytes]], None], option: str = "--out") -> None:
+    """``write(handle)`` into a new part file beside ``path`` (``.NAME.XXXXXXXX.part``, a name
+    no other writer uses), flush it to the disk, rename it over ``path`` and flush the folder,
+    so that neither a concurrent writer nor a power loss leaves ``path`` empty or half written.
+    On any failure the part file is removed and ``path`` is left as it was; an ``OSError``
+    becomes one line."""
+    path = Path(path)
+    partial: Path | None = None
+    try:
+        descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        partial = Path(name)
+        try:
+            if hasattr(os, "fchmod"):
+                os.fchmod(descriptor, _file_mode())
+        finally:
+            os.close(descriptor)
         with _open_partial(partial) as handle:
             write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(partial, path)
+        partial = None
     except OSError as exc:
         raise write_error(path, exc, option) from None
     finally:
-        with suppress(OSError):
-            partial.unlink(missing_ok=True)
+        if partial is not None:
+            with suppress(OSError):
+                partial.unlink(missing_ok=True)
+    _sync_folder(path.parent)
 
 
 def write_text(path: Path, text: str, option: str = "--out") -> None:
@@ -175,8 +282,8 @@ def check_same_settings(run_dir: Path, record: dict[str, Any], started_by: tuple
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         if unreadable_ok:
             return
-        raise TransferkitError(f"{config_path}: not readable JSON ({exc}); "
-                               "remove the folder or choose another --out") from None
+        raise TransferkitError(f"{config_path}: not readable JSON ({exc}); rerun with --restart "
+                               "to replace it, or remove the folder") from None
     # A setting the older run did not record is one it did not have (new options default to
     # None), so a run without, say, a weight average is not reused as one with it.
     changed = [f"{key}={before.get(key)!r} there, {value!r} here"
@@ -203,7 +310,11 @@ def write_config(run_dir: Path, record: dict[str, Any]) -> None:
 def discard(run_dir: Path, names: tuple[str, ...]) -> None:
     """Remove ``names`` (and their part files) from ``run_dir``, in that order."""
     for name in names:
-        for path in (run_dir / name, run_dir / (name + ".part")):
+        try:
+            parts = [p for p in run_dir.iterdir() if is_part_file(p, name)]
+        except OSError:
+            parts = []
+        for path in (run_dir / name, *parts):
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:
