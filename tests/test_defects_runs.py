@@ -591,3 +591,13 @@ def test_an_unreadable_config_says_restart_replaces_it(photos, tmp_path, capsys)
     assert "rerun with --restart to replace it, or remove the folder" in line
     assert main(scratch_args(out, photos, "--restart")) == 0
     assert json.loads((out / "config.json").read_text())["recipe"] == "scratch"
+
+
+def test_a_finished_adapt_run_rerun_is_reported_as_recorded_not_rewritten(digit_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(adapt_args(out, digit_root)) == 0
+    recorded = {name: (out / name).read_bytes() for name in ("metrics.json", "model.safetensors")}
+    first = capsys.readouterr().out
+    assert main(adapt_args(out, digit_root, "--device", "cpu")) == 0  # trains nothing
+    assert {name: (out / name).read_bytes() for name in recorded} == recorded
+    assert capsys.readouterr().out == first

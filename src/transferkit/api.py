@@ -376,8 +376,19 @@ class DomainAdapter:
         else:
             self.wall_seconds_ = clock.total()
         self.device_ = device
+        self.as_recorded_ = False  # True: a finished run, reported as it was recorded
         if self.run_dir is not None:
-            self._write_results()
+            finished = self.run_dir / "metrics.json"
+            if not clock.trained and finished.is_file() and (self.run_dir / "model.safetensors").is_file():
+                # a finished run, rerun: reported as it was recorded (its device, machine and
+                # memory), not rescored and rewritten by this call
+                try:
+                    self.results_ = json.loads(finished.read_text())
+                    self.as_recorded_ = True
+                except (OSError, json.JSONDecodeError):
+                    self._write_results()
+            else:
+                self._write_results()
         return self
 
     @classmethod

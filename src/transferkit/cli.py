@@ -224,6 +224,9 @@ def _adapt(args: argparse.Namespace) -> int:
         weights=args.weights, unfreeze=args.unfreeze, bottleneck=args.bottleneck or None,
     ).fit(args.source, args.target)
     results = adapter.results_
+    if adapter.as_recorded_ and not args.quiet:
+        print(f"transferkit: {out} holds this run, finished: reported as recorded (--restart trains "
+              "it again)", file=sys.stderr)
     oracle = " (oracle: trained on target labels)" if results["oracle"] else ""
     source_test = results["source_test_accuracy"]
     target = results["target_test_accuracy"]

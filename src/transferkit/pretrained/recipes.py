@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -243,6 +244,9 @@ def _run(
     else:
         finished = _finished(out)
         if finished is not None:  # the same settings, finished: kept as it is
+            if progress:
+                print(f"transferkit: {out} holds this run, finished: reported as recorded "
+                      "(--restart trains it again)", file=sys.stderr)
             return finished
     splits = splits or load_splits(config.data, data_root)
     write_config(out, record)
