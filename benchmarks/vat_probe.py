@@ -43,6 +43,14 @@ def source_only_steps(network: DigitNetwork, pair, steps: int, seed: int) -> Non
         optimizer.step()
 
 
+@torch.no_grad()
+def divergence_at(network, images, logits, radius, direction) -> torch.Tensor:
+    """KL(p(x) ‖ p(x + ε·direction)) per image: what a direction does at VADA's radius."""
+    p = torch.softmax(logits, 1)
+    moved = torch.log_softmax(network(images + radius * direction.float()), 1)
+    return (p * (torch.log(p.clamp_min(1e-30)) - moved)).sum(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,6 +101,13 @@ def main() -> None:
                     for xi in XIS]
             rows.append(("exact", float("nan"),
                          adversarial_direction(network, images, logits32, None, start.float())))
+            unit = torch.randn(images.shape, generator=generator)
+            unit = unit / unit.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            kl = {"random": divergence_at(network, images, logits32, radius, unit)}
+            kl.update({name: divergence_at(network, images, logits32, radius, direction)
+                       for name, _, direction in rows if name in ("ξ 1e-06", "exact")})
+            print("  KL(p(x) ‖ p(x + εd)) at ε = {:.2f}, mean over the 128 images: {}".format(
+                radius, ", ".join(f"{name} {float(v.mean()):.4f}" for name, v in kl.items())))
             for name, share, direction in rows:
                 fd = (direction.double() * reference).flatten(1).sum(1)
                 ex = (direction.double() * exact64).flatten(1).sum(1)
