@@ -224,6 +224,8 @@ def test_adapt_prints_accuracies_rounded(tmp_path, monkeypatch, capsys):
     import transferkit.api
 
     class Fitted:
+        as_recorded_ = False  # a run trained now, not a finished one reported again
+
         def __init__(self, **kwargs):
             pass
 

@@ -124,6 +124,23 @@ def run_alignment(run: Path, model: Method, pair: DomainPair, seed: int) -> Subs
 PREPROCESSING_FILE = "preprocessing.json"
 
 
+def method_of_run(run: Path, config: dict[str, Any], classes: int,
+                  data_root: str | None = None) -> Method:
+    """A finished adapt run's trained method: its network as ``config.json`` describes it
+    (a backbone built without downloading: every weight comes from the run), its weights from
+    ``model.safetensors``, read without unpickling. The one loader of a run's model."""
+    method = trained_method(config["method"])(network_of_run(config, classes, data_root=data_root))
+    weights = Path(run) / "model.safetensors"
+    state = read_safetensors(weights, "train the run again (transferkit adapt with its settings and "
+                             "--restart) or restore the file")
+    try:
+        method.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TransferkitError(f"{weights}: does not match the network its config.json names "
+                               f"({str(exc).splitlines()[0]})") from None
+    return method
+
+
 class AdaptedModel(torch.nn.Module):
     """A finished ``transferkit adapt`` run's model for new images: its network, trained
     weights and preprocessing (``preprocessing.json``), without its data sets."""
@@ -148,16 +165,7 @@ class AdaptedModel(torch.nn.Module):
             raise TransferkitError(f"{path}: unreadable ({exc}); train the run again") from None
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-        method = trained_method(config["method"])(network_of_run(config, len(self.classes)))
-        weights = run / "model.safetensors"
-        state = read_safetensors(weights, "train the run again (transferkit adapt with its settings "
-                                 "and --restart) or restore the file")
-        try:
-            method.load_state_dict(state)
-        except RuntimeError as exc:
-            raise TransferkitError(f"{weights}: does not match the network its config.json names "
-                                   f"({str(exc).splitlines()[0]})") from None
-        self.method = method.eval()
+        self.method = method_of_run(run, config, len(self.classes)).eval()
 
     def read(self, path: Path) -> torch.Tensor:
         """One image file as uint8 C×H×W in the run's form (resized, or centre-cropped/padded)."""
@@ -417,17 +425,8 @@ class DomainAdapter:
                       geometry=config.get("geometry", "resize"),
                       ema_decay=config.get("ema_decay"), progress=progress, **backbone)
         pair = pair_of_run(config, data_root)
-        # every weight comes from model.safetensors: the backbone is built without downloading
-        model = trained_method(adapter.method)(
-            network_of_run(config, len(pair.classes),
-                           data_root=str(data_root) if data_root is not None else None))
-        state = read_safetensors(weights_path, "train the run again (transferkit adapt with its "
-                                 "settings and --restart) or restore the file")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise TransferkitError(f"{weights_path}: does not match the network its config.json "
-                                   f"names ({str(exc).splitlines()[0]})") from None
+        model = method_of_run(run, config, len(pair.classes),
+                              str(data_root) if data_root is not None else None)
         adapter.device_ = resolve_device(device)
         adapter.pair_, adapter.model_, adapter.last_weights_ = pair, model.eval(), None
         model.to(adapter.device_)

@@ -248,23 +248,15 @@ def _fmt(value: Any) -> str:
 def adapt_network(run: Path, config: dict[str, Any], classes: int, trained: bool = True):
     from transferkit.methods import trained_method
     from transferkit.models.classifier import network_of_run
-    from transferkit.training.runfolder import read_safetensors
 
-    torch.manual_seed(config.get("seed", 0))  # the initial weights the run started from
-    network = network_of_run(config, classes, initial=not trained)
-    # the method may reshape the network (CDAN widens the domain classifier's input)
-    method = trained_method(config["method"])(network)
     if trained:
-        path = run / "model.safetensors"
-        state = read_safetensors(
-            path, "train the run again (transferkit adapt with its settings and --restart)"
-        )
-        try:
-            method.load_state_dict(state)
-        except RuntimeError as exc:
-            raise TransferkitError(
-                f"{path}: does not match the network its config.json names ({str(exc).splitlines()[0]})"
-            ) from None
+        from transferkit.api import method_of_run
+
+        return method_of_run(run, config, classes).network.eval()
+    torch.manual_seed(config.get("seed", 0))  # the initial weights the run started from
+    network = network_of_run(config, classes, initial=True)
+    # the method may reshape the network (CDAN widens the domain classifier's input)
+    trained_method(config["method"])(network)
     return network.eval()
 
 

@@ -87,12 +87,20 @@ def predict_files(
             continue
         x = imaging.normalise(imaging.centre(torch.stack(tensors), size).to(device), spec.mean, spec.std)
         probs = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(1).cpu()
-        for path, p in zip(ok, probs, strict=True):
-            values, index = p.topk(min(top, len(model.classes)))
-            ranked = [(model.classes[i], float(v)) for v, i in zip(values, index, strict=True)]
-            results.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
+        results += _ranked(ok, probs, model.classes, top)
     order = {path: i for i, path in enumerate(files)}
     return sorted(results, key=lambda r: order[r.path])
+
+
+def _ranked(paths: list[Path], probabilities: torch.Tensor, classes: tuple[str, ...],
+            top: int) -> list[Prediction]:
+    """Each image's ``top`` classes, most likely first."""
+    predictions = []
+    for path, p in zip(paths, probabilities, strict=True):
+        values, index = p.topk(min(top, len(classes)))
+        ranked = [(classes[i], float(v)) for v, i in zip(values, index, strict=True)]
+        predictions.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
+    return predictions
 
 
 def _predict_adapted(model, files: list[Path], batch_size: int, top: int,
@@ -113,9 +121,6 @@ def _predict_adapted(model, files: list[Path], batch_size: int, top: int,
         batch = torch.stack(tensors).to(device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             probs = model(batch).float().softmax(1).cpu()
-        for path, p in zip(ok, probs, strict=True):
-            values, index = p.topk(min(top, len(model.classes)))
-            ranked = [(model.classes[i], float(v)) for v, i in zip(values, index, strict=True)]
-            results.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
+        results += _ranked(ok, probs, model.classes, top)
     order = {path: i for i, path in enumerate(files)}
     return sorted(results, key=lambda r: order[r.path])
