@@ -161,3 +161,34 @@ def test_a_practitioners_walk_through_two_folders_adapt_a_pretrained_backbone_pr
     assert all(abs(sum(t["probability"] for t in line["top"]) - 1.0) < 1e-4 for line in lines)
     assert main(["report", str(out), "--samples", "10"]) == 0
     assert (out / "report" / "report.html").is_file()
+
+
+def test_review_fixes_rates_token_backbones_flags_and_vada_statistics(digit_root, tmp_path):
+    from transferkit.errors import TransferkitError
+    from transferkit.methods import DANN, VADA
+    from transferkit.models.classifier import build_network
+
+    torch.manual_seed(0)
+    random_backbone = DANN(build_network("small_convnet", 10, 64, "random"))
+    assert [group["lr_scale"] for group in random_backbone.parameter_groups()] == [1.0, 1.0]
+    with pytest.raises(TransferkitError, match="not a feature map to pool"):
+        build_network("timm:vit_tiny_patch16_224", 10, 224, "random")
+    with pytest.raises(TransferkitError, match="apply to a --backbone"):
+        DomainAdapter(method="dann", unfreeze=2)
+    # VADA's extra passes leave BatchNorm's running statistics to the real batch
+    vada = VADA(build_network("small_convnet", 10, 64, "random")).train()
+    batchnorm = vada.network.bottleneck[1]
+    images = torch.rand(4, 3, 64, 64)
+    vada.losses(images, torch.arange(4), torch.rand(4, 3, 64, 64), 0.5)
+    assert int(batchnorm.num_batches_tracked) == 1
+
+
+def test_reverse_validation_of_a_backbone_run_trains_that_backbone(digit_root, tmp_path):
+    from transferkit.selection import REVERSE_RUN, reverse_validation
+
+    adapter = DomainAdapter(method="dann", backbone="small_convnet", weights="random", image_size=64,
+                            epochs=1, steps_per_epoch=2, batch_size=8, device="cpu", data_root=digit_root,
+                            progress=False).fit("mnist", "mnist_m")
+    reverse_validation(adapter, run_dir=tmp_path, progress=False)
+    config = json.loads((tmp_path / REVERSE_RUN / "config.json").read_text())
+    assert config["backbone"] == "small_convnet" and config["network"] is None

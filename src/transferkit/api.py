@@ -153,11 +153,16 @@ class AdaptedModel(torch.nn.Module):
             raise TransferkitError(f"{run}: an SA run classifies through its fitted alignment, "
                                    "not a network; predict with DomainAdapter.load(run).predict")
         path = run / PREPROCESSING_FILE
-        if not path.is_file():
-            raise TransferkitError(f"{run}: no {PREPROCESSING_FILE} (a run made before transferkit "
-                                   "wrote one); DomainAdapter.load(run).predict works with its data")
         try:
-            prep = json.loads(path.read_text())
+            if path.is_file():
+                prep = json.loads(path.read_text())
+            else:  # a run made before runs wrote it: its pair says (the data are read once)
+                pair = pair_of_run(config)
+                prep = {"image_size": pair.image_size, "geometry": config.get("geometry", "resize"),
+                        "mean": pair.mean.tolist(),
+                        "std": pair.std.tolist() if pair.std is not None else [1.0] * len(pair.mean),
+                        "classes": list(pair.classes)}
+                write_json(path, prep)
             self.image_size, self.geometry = int(prep["image_size"]), str(prep["geometry"])
             self.classes = tuple(prep["classes"])
             mean, std = prep["mean"], prep["std"]
@@ -172,7 +177,7 @@ class AdaptedModel(torch.nn.Module):
         from transferkit.data.decode import read_image_file
         from transferkit.data.pairs import center_to
 
-        pixels = torch.from_numpy(read_image_file(path, "RGB")).permute(2, 0, 1).unsqueeze(0)
+        pixels = torch.from_numpy(np.array(read_image_file(path, "RGB"))).permute(2, 0, 1).unsqueeze(0)
         if pixels.shape[-2:] == (self.image_size, self.image_size):
             return pixels[0]
         if self.geometry == "center":
@@ -274,6 +279,11 @@ class DomainAdapter:
         if backbone is not None and network is not None:
             raise TransferkitError(f"--network {network} and --backbone {backbone}: give one (--network "
                                    "names the paper's digit networks, --backbone any other)")
+        if backbone is None and (weights != "imagenet" or unfreeze != "all" or bottleneck != BOTTLENECK):
+            raise TransferkitError("--weights, --unfreeze and --bottleneck apply to a --backbone; the "
+                                   "paper's digit networks train from scratch, whole")
+        if weights not in ("imagenet", "random", "trained"):  # a file: found again from anywhere
+            weights = str(Path(weights).expanduser().resolve())
         self.backbone = backbone
         self.weights = weights
         self.unfreeze = unfreeze
@@ -322,6 +332,8 @@ class DomainAdapter:
             if target is None:
                 raise TransferkitError("fit(source, target): the target data set is missing")
             network, size = self.network, self.image_size
+            if self.backbone is not None and size is None:  # the backbone's own input size
+                size = self.image_size = self._build_network(2, None).image_size
             if self.backbone is None and (network is None or size is None):
                 from transferkit.data.loading import load_split
 
@@ -434,7 +446,7 @@ class DomainAdapter:
                               if adapter.method == "sa" else None)
         return adapter
 
-    def _build_network(self, classes: int, image_size: int) -> torch.nn.Module:
+    def _build_network(self, classes: int, image_size: int | None) -> torch.nn.Module:
         """The paper's digit network (``network``) or ``backbone`` with a new bottleneck and
         head (:func:`transferkit.models.classifier.build_network`)."""
         if self.backbone is None:
@@ -469,6 +481,9 @@ class DomainAdapter:
     def score(self, split: str = "target_test") -> float:
         """Accuracy on one of the pair's labelled splits (default: the final target-test)."""
         self._check_fitted()
+        if split.startswith("target") and self.pair_.target_test is None:
+            raise TransferkitError(f"score({split!r}): {self.pair_.target} is unlabelled: there is "
+                                   "no target accuracy (prediction_shares() is the label-free check)")
         data = getattr(self.pair_, split, None)
         if not isinstance(data, DomainSplit):
             raise TransferkitError(f"score({split!r}): expected target_test, source_test, "

@@ -59,7 +59,7 @@ def reverse_pair(pair: DomainPair, pseudo_labels: torch.Tensor, seed: int = 0) -
     return DomainPair(
         source=f"{pair.target} (pseudo-labelled)", target=pair.source, classes=pair.classes,
         source_train=DomainSplit(pair.target_train.images, pseudo_labels.to(torch.int64).cpu()),
-        source_test=None, target_train=unlabelled, target_test=scored, mean=pair.mean,
+        source_test=None, target_train=unlabelled, target_test=scored, mean=pair.mean, std=pair.std,
     )
 
 
@@ -92,7 +92,8 @@ def reverse_validation(adapter: DomainAdapter, epochs: int | None = None,
         learning_rate=config.learning_rate, steps_per_epoch=config.steps_per_epoch,
         seed=config.seed, device=config.device,
         run_dir=Path(run_dir) / REVERSE_RUN if run_dir is not None else None,
-        ema_decay=adapter.ema_decay, progress=progress,
+        ema_decay=adapter.ema_decay, progress=progress, backbone=adapter.backbone,
+        weights=adapter.weights, unfreeze=adapter.unfreeze, bottleneck=adapter.bottleneck,
     ).fit(backwards)
     counts = torch.bincount(pseudo, minlength=len(pair.classes)).tolist()
     record = {

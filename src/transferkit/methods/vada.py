@@ -42,6 +42,7 @@ read a run's class-share check (:mod:`transferkit.checks`) before trusting it.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,26 @@ def probe_share_changed(images: torch.Tensor, xi: float = XI,
     return float(((images + probe) != images).float().mean())
 
 
+@contextmanager
+def batchnorm_statistics_kept(module: torch.nn.Module):
+    """BatchNorm layers in training mode normalise with the batch as usual but leave their
+    running statistics as they were: the extra passes of VAT (probe, perturbed images) are
+    not data the running statistics should describe."""
+    saved = []
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.training:
+            tracked = layer.num_batches_tracked.clone() if layer.num_batches_tracked is not None else None
+            saved.append((layer, layer.momentum, tracked))
+            layer.momentum = 0.0  # running ← (1 − 0)·running + 0·batch
+    try:
+        yield
+    finally:
+        for layer, momentum, tracked in saved:
+            layer.momentum = momentum
+            if tracked is not None:
+                layer.num_batches_tracked.copy_(tracked)
+
+
 def virtual_adversarial_divergence(classifier, images: torch.Tensor, logits: torch.Tensor,
                                    radius: float, xi: float | None = None) -> torch.Tensor:
     """KL(p(x) ‖ p(x + r)) of each image (a vector), r the virtual adversarial perturbation
@@ -142,8 +163,9 @@ def virtual_adversarial_divergence(classifier, images: torch.Tensor, logits: tor
     through p(x + r)."""
     target = F.softmax(logits.detach(), dim=1)
     log_target = F.log_softmax(logits.detach(), dim=1)
-    perturbation = radius * adversarial_direction(classifier, images, logits, xi)
-    adversarial_log_p = F.log_softmax(classifier(images.detach() + perturbation), dim=1)
+    with batchnorm_statistics_kept(classifier):
+        perturbation = radius * adversarial_direction(classifier, images, logits, xi)
+        adversarial_log_p = F.log_softmax(classifier(images.detach() + perturbation), dim=1)
     return (target * (log_target - adversarial_log_p)).sum(dim=1)
 
 
@@ -157,7 +179,10 @@ class VADA(DANN):
         self.source_weight = source_weight
         self.target_weight = target_weight
         values = 3 * network.image_size * network.image_size
-        self.radius = matched_radius(values) if radius is None else radius
+        # a backbone's inputs are divided by its std: the pixel range is 1/std, not 1
+        spec = getattr(getattr(network, "backbone", None), "spec", None)
+        pixel_range = len(spec.std) / sum(spec.std) if spec is not None else 1.0
+        self.radius = matched_radius(values, pixel_range) if radius is None else radius
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor,
                target_images: torch.Tensor | None, progress: float) -> dict[str, torch.Tensor]:

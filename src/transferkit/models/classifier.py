@@ -89,8 +89,9 @@ class BackboneClassifier(nn.Module):
         rest = [p for p in (*self.bottleneck.parameters(), *self.label_predictor.parameters(), *extra)
                 if p.requires_grad]
         groups = [{"params": rest, "lr_scale": 1.0}]
-        if backbone:
-            groups.append({"params": backbone, "lr_scale": BACKBONE_LR_SCALE})
+        if backbone:  # a backbone that starts from random weights learns at the full rate
+            pretrained = self.backbone.spec.weights != "random"
+            groups.append({"params": backbone, "lr_scale": BACKBONE_LR_SCALE if pretrained else 1.0})
         return groups
 
 
@@ -115,13 +116,19 @@ def build_network(name: str, num_classes: int, image_size: int | None = None, we
     was_training = backbone.training
     try:  # one image through the backbone: a size it cannot take is named here, not mid-run
         with torch.no_grad():
-            width = backbone.eval()(torch.zeros(1, 3, size, size)).flatten(1).shape[1]
-    except RuntimeError:
+            before_pool = backbone.eval()(torch.zeros(2, 3, size, size), 0, len(backbone.stages) - 1)
+            probe = backbone(before_pool, len(backbone.stages) - 1)
+    except (RuntimeError, AssertionError, ValueError):
         raise TransferkitError(f"--image-size {size} is too small for the backbone {name} "
                                "(its convolutions and poolings leave nothing of the image); "
                                "give a larger --image-size") from None
     finally:
         backbone.train(was_training)
+    if before_pool.ndim != 4 or probe.ndim != 2:  # e.g. a vision transformer's tokens
+        raise TransferkitError(f"--backbone {name}: its last stage gives {tuple(before_pool.shape[1:])} "
+                               "per image, not a feature map to pool; transferkit adapts convolutional "
+                               "backbones")
+    width = probe.shape[1]
     backbone.feature_dim = width  # what the stages give (a model's num_features may name another layer)
     try:
         return BackboneClassifier(backbone, num_classes, bottleneck, unfreeze)
