@@ -175,6 +175,8 @@ def test_review_fixes_rates_token_backbones_flags_and_vada_statistics(digit_root
         build_network("timm:vit_tiny_patch16_224", 10, 224, "random")
     with pytest.raises(TransferkitError, match="apply to a --backbone"):
         DomainAdapter(method="dann", unfreeze=2)
+    with pytest.raises(TransferkitError, match="batches of at least 2"):
+        DomainAdapter(method="dann", backbone="small_convnet", weights="random", batch_size=1)
     # VADA's extra passes leave BatchNorm's running statistics to the real batch
     vada = VADA(build_network("small_convnet", 10, 64, "random")).train()
     batchnorm = vada.network.bottleneck[1]

@@ -282,6 +282,9 @@ class DomainAdapter:
         if backbone is None and (weights != "imagenet" or unfreeze != "all" or bottleneck != BOTTLENECK):
             raise TransferkitError("--weights, --unfreeze and --bottleneck apply to a --backbone; the "
                                    "paper's digit networks train from scratch, whole")
+        if backbone is not None and batch_size < 2:  # BatchNorm needs two images to normalise
+            raise TransferkitError(f"--batch-size {batch_size}: a --backbone network has BatchNorm "
+                                   "layers, which need batches of at least 2 images")
         if weights not in ("imagenet", "random", "trained"):  # a file: found again from anywhere
             weights = str(Path(weights).expanduser().resolve())
         self.backbone = backbone
