@@ -194,3 +194,18 @@ def test_reverse_validation_of_a_backbone_run_trains_that_backbone(digit_root, t
     reverse_validation(adapter, run_dir=tmp_path, progress=False)
     config = json.loads((tmp_path / REVERSE_RUN / "config.json").read_text())
     assert config["backbone"] == "small_convnet" and config["network"] is None
+
+
+def test_run_backbones_take_digit_runs_of_any_method_and_refuse_backbone_runs(digit_root, tmp_path):
+    from transferkit.errors import TransferkitError
+    from transferkit.models.classifier import build_network
+
+    settings = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "device": "cpu",
+                "data_root": digit_root, "progress": False}
+    DomainAdapter(method="cdan", run_dir=tmp_path / "cdan", **settings).fit("mnist", "mnist_m")
+    network = build_network(f"run:{tmp_path / 'cdan'}", 10, 28, "trained", data_root=str(digit_root))
+    assert network.feature_dim == 256  # the bottleneck over the CDAN run's trained features
+    DomainAdapter(method="dann", backbone="small_convnet", weights="random", image_size=64,
+                  run_dir=tmp_path / "backbone", **settings).fit("mnist", "mnist_m")
+    with pytest.raises(TransferkitError, match="not on one of the paper's digit networks"):
+        build_network(f"run:{tmp_path / 'backbone'}", 10, 28, "trained", data_root=str(digit_root))

@@ -323,13 +323,28 @@ def _digit_run(path: str, weights: str, data_root: str | None = None):
             f"(config.json and model.safetensors)"
         )
     config = json.loads(config_path.read_text())
+    from transferkit.models.digit_networks import NETWORKS
+
+    if config.get("backbone") is not None or config.get("network") not in NETWORKS:
+        raise TransferkitError(
+            f"backbone run:{path}: a run on {config.get('backbone') or config.get('network')}, not on one of "
+            f"the paper's digit networks ({', '.join(NETWORKS)}); run:DIR takes a digit-network adapt run "
+            "(for a backbone run, adapt that backbone again)"
+        )
     saved = read_safetensors(weights_path, "train that run again", f"backbone run:{path}: {weights_path}")
-    state = {k.removeprefix("network."): v for k, v in saved.items()}
+    # the network's features and label predictor; a method's own parts (CDAN's projections and
+    # widened domain classifier) are not the network's
+    state = {k.removeprefix("network."): v for k, v in saved.items()
+             if k.startswith("network.") and not k.startswith("network.domain_classifier.")}
     predictor = [k for k in state if k.startswith("label_predictor.") and k.endswith(".weight")]
     last = max(predictor, key=lambda k: int(k.split(".")[1]))
     network = DigitNetwork(config["network"], state[last].shape[0], config["image_size"])
     if weights != "random":
-        network.load_state_dict(state)
+        missing, unexpected = network.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("domain_classifier.")]
+        if missing or unexpected:
+            raise TransferkitError(f"backbone run:{path}: {weights_path} does not fit its config.json's "
+                                   f"network (missing {missing[:3]}, unexpected {unexpected[:3]})")
     from transferkit.data.pairs import pair_of_run
 
     pair = pair_of_run(config, data_root)
