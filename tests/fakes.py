@@ -238,3 +238,22 @@ def png16(pixels: np.ndarray) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
             + chunk(b"IEND", b""))
+
+
+def interrupt_after_first_checkpoint(monkeypatch, train) -> None:
+    """Call ``train()`` and stop it as Ctrl-C would, just after the training loop writes its
+    first checkpoint (the end of epoch 1); later checkpoints are written as usual again."""
+    import pytest
+
+    from transferkit.training import loop
+
+    real_save = loop.save_checkpoint
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)

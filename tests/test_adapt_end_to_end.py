@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from fakes import write_digit_pair
+from fakes import interrupt_after_first_checkpoint, write_digit_pair
 from safetensors.torch import load_file
 
 from transferkit import DomainAdapter
@@ -60,23 +60,13 @@ def test_geometry_can_be_chosen_and_a_bad_one_exits_2(digit_root, tmp_path, caps
 
 
 def test_interrupted_run_resumes_from_its_last_epoch(digit_root, tmp_path, monkeypatch):
-    import transferkit.training.loop as loop
-
     out = tmp_path / "run"
     common = dict(method="source_only", epochs=2, steps_per_epoch=2, device="cpu", run_dir=out,
                   data_root=digit_root, progress=False)
-    real_save = loop.save_checkpoint
-
-    def save_then_interrupt(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt  # Ctrl-C just after epoch 1's checkpoint
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        DomainAdapter(**common).fit("mnist", "mnist_m")
+    # Ctrl-C just after epoch 1's checkpoint
+    interrupt_after_first_checkpoint(monkeypatch, lambda: DomainAdapter(**common).fit("mnist", "mnist_m"))
     assert not (out / "metrics.json").exists()
     first = torch.load(out / "checkpoint.pt", weights_only=True)["history"][0]
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     resumed = DomainAdapter(**common).fit("mnist", "mnist_m")
     assert len(resumed.history_) == 2
     assert resumed.history_[0] == first  # the finished epoch was not trained again
@@ -282,7 +272,6 @@ def test_adapt_rejects_an_unknown_method_with_exit_code_2(capsys):
 
 def test_weight_average_is_the_model_survives_an_interruption_and_is_a_setting(
         digit_root, tmp_path, monkeypatch, capsys):
-    import transferkit.training.loop as loop
 
     def run(out):
         return DomainAdapter(method="dann", epochs=2, steps_per_epoch=3, device="cpu",
@@ -302,16 +291,7 @@ def test_weight_average_is_the_model_survives_an_interruption_and_is_a_setting(
     assert all(torch.equal(saved[k], average[k].cpu()) for k in saved)  # the average is saved
     assert not torch.equal(saved["network.features.0.weight"], last["network.features.0.weight"])
 
-    real_save = loop.save_checkpoint
-
-    def save_then_interrupt(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "resumed")
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    interrupt_after_first_checkpoint(monkeypatch, lambda: run(tmp_path / "resumed"))
     run(tmp_path / "resumed")  # the average is restored, not restarted from the epoch-2 weights
     resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert all(torch.allclose(resumed[k], saved[k]) for k in saved)

@@ -59,7 +59,7 @@ def test_each_image_is_the_digit_minus_a_patch_of_a_photo(tmp_path):
     made = load_split(f"zip:{tmp_path / 'a'}", "train")
     digits = binarized_digits(np.asarray(load_split("mnist", "train", tmp_path / "data").images[:5]))
     photos = sorted((tmp_path / "photos").rglob("photo*"), key=lambda p: p.relative_to(
-        tmp_path / "photos").as_posix())
+        tmp_path / "photos").parts)
     plan = BlendPlan.draw(5, len(photos), np.random.default_rng(0))  # train is drawn first
     for index in range(5):
         photo = np.asarray(Image.open(photos[plan.photo[index]]).convert("RGB")).astype(int)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fakes import write_digit_pair, write_two_class_data
+from fakes import interrupt_after_first_checkpoint, write_digit_pair, write_two_class_data
 from safetensors.torch import save_file
 
 from transferkit import DomainAdapter
@@ -77,16 +77,8 @@ def adapter(out: Path, root: Path, **changes) -> DomainAdapter:
 
 def interrupted_after_first_epoch(out: Path, root: Path, monkeypatch, **changes) -> None:
     """A 2-epoch run stopped (Ctrl-C) just after epoch 1's checkpoint."""
-    real_save = loop.save_checkpoint
-
-    def save_then_interrupt(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        adapter(out, root, **changes).fit("mnist", "mnist_m")
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    interrupt_after_first_checkpoint(
+        monkeypatch, lambda: adapter(out, root, **changes).fit("mnist", "mnist_m"))
 
 
 # ---------------------------------------------------------------- 1. memory bounded by the data

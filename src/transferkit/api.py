@@ -141,6 +141,13 @@ def method_of_run(run: Path, config: dict[str, Any], classes: int,
     return method
 
 
+def preprocessing(pair: DomainPair, geometry: str | None) -> dict[str, Any]:
+    """What ``preprocessing.json`` records of a run's pair: size, geometry, normalisation, classes."""
+    return {"image_size": pair.image_size, "geometry": geometry or "resize", "mean": pair.mean.tolist(),
+            "std": pair.std.tolist() if pair.std is not None else [1.0] * len(pair.mean),
+            "classes": list(pair.classes)}
+
+
 class AdaptedModel(torch.nn.Module):
     """A finished ``transferkit adapt`` run's model for new images: its network, trained
     weights and preprocessing (``preprocessing.json``), without its data sets."""
@@ -157,11 +164,7 @@ class AdaptedModel(torch.nn.Module):
             if path.is_file():
                 prep = json.loads(path.read_text())
             else:  # a run made before runs wrote it: its pair says (the data are read once)
-                pair = pair_of_run(config)
-                prep = {"image_size": pair.image_size, "geometry": config.get("geometry", "resize"),
-                        "mean": pair.mean.tolist(),
-                        "std": pair.std.tolist() if pair.std is not None else [1.0] * len(pair.mean),
-                        "classes": list(pair.classes)}
+                prep = preprocessing(pair_of_run(config), config.get("geometry"))
                 write_json(path, prep)
             self.image_size, self.geometry = int(prep["image_size"]), str(prep["geometry"])
             self.classes = tuple(prep["classes"])
@@ -576,12 +579,7 @@ class DomainAdapter:
         run: each replaced whole, so a full disk leaves the previous file, not half of one."""
         assert self.run_dir is not None
         save_tensors(self.run_dir / "model.safetensors", self.model_.state_dict())
-        pair = self.pair_
-        write_json(self.run_dir / PREPROCESSING_FILE, {
-            "image_size": pair.image_size, "geometry": self.geometry or "resize",
-            "mean": pair.mean.tolist(),
-            "std": pair.std.tolist() if pair.std is not None else [1.0] * len(pair.mean),
-            "classes": list(pair.classes)})
+        write_json(self.run_dir / PREPROCESSING_FILE, preprocessing(self.pair_, self.geometry))
         if self.alignment_ is not None:
             data = arrays_bytes(self.alignment_.state_dict())
             replace_file(self.run_dir / ALIGNMENT_FILE, lambda handle: handle.write(data))

@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transferkit.data.decode import read_image_file
+from transferkit.data.decode import IMAGE_SUFFIXES, image_files, read_image_file
 from transferkit.errors import DataError, TransferkitError
 
 SIZE = 32  # MNIST-M's image side
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip can hold: no clock in the bytes
 
 
@@ -58,11 +57,10 @@ def find_photos(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively), in sorted order of their relative paths."""
     if not folder.is_dir():
         raise TransferkitError(f"--photos {folder}: not a folder (expected a folder of photos)")
-    photos = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES),
-                    key=lambda p: p.relative_to(folder).as_posix())
+    photos = image_files(folder)
     if not photos:
         raise TransferkitError(f"--photos {folder}: holds no photos "
-                               f"(expected files ending in {', '.join(PHOTO_SUFFIXES)})")
+                               f"(expected files ending in {', '.join(IMAGE_SUFFIXES)})")
     return photos
 
 

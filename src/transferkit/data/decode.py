@@ -134,6 +134,17 @@ def decode_image(
     return array[:, :, None] if array.ndim == 2 else array
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder``, recursively, in sorted order of their paths below it;
+    hidden files (``.name``, such as macOS's ``._photo.jpg``) left out."""
+    return sorted((p for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+                  key=lambda p: p.relative_to(folder).parts)
+
+
 def read_image_file(path: Path, mode: str = "RGB") -> np.ndarray:
     """One image file as H×W×C uint8 (see :func:`decode_image`); errors name ``path``."""
     try:

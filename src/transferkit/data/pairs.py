@@ -164,20 +164,18 @@ def binarize(image_set: ImageSet) -> ImageSet:
 
 
 UNLABELLED = "unlabelled:"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 
 
 def read_unlabelled(spec: str, classes: tuple[str, ...]) -> ImageSet:
     """``unlabelled:PATH``: every image file under PATH (recursively, sorted), without labels
     (each label −1): a target domain as a practitioner has it."""
-    from transferkit.data.decode import decode_many
+    from transferkit.data.decode import IMAGE_SUFFIXES, decode_many, image_files
     from transferkit.data.images import stack_images
 
     folder = Path(spec.removeprefix(UNLABELLED)).expanduser()
     if not folder.is_dir():
         raise TransferkitError(f"{spec}: {folder} is not a folder (expected a folder of images)")
-    files = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                    and not p.name.startswith(".")), key=lambda p: p.relative_to(folder).as_posix())
+    files = image_files(folder)
     if not files:
         raise TransferkitError(f"{spec}: {folder} holds no images (expected files ending in "
                                f"{', '.join(IMAGE_SUFFIXES)})")

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferkit.data.decode import IMAGE_SUFFIXES, image_files
 from transferkit.errors import DataError, TransferkitError
 from transferkit.pretrained import imaging
 from transferkit.pretrained.classifier import Classifier
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
 
 
 @dataclass
@@ -31,7 +30,7 @@ def expand(paths: Iterable[str | Path]) -> list[Path]:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = image_files(path)
             if not found:
                 raise TransferkitError(
                     f"{path}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
