@@ -240,18 +240,22 @@ def png16(pixels: np.ndarray) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def interrupt_after_first_checkpoint(monkeypatch, train) -> None:
+def interrupt_after_first_checkpoint(monkeypatch, train, count: int = 1) -> None:
     """Call ``train()`` and stop it as Ctrl-C would, just after the training loop writes its
-    first checkpoint (the end of epoch 1); later checkpoints are written as usual again."""
+    ``count``-th checkpoint (by default the first: the end of epoch 1); later checkpoints are
+    written as usual again."""
     import pytest
 
     from transferkit.training import loop
 
     real_save = loop.save_checkpoint
+    written = []
 
     def save_then_interrupt(path, state):
         real_save(path, state)
-        raise KeyboardInterrupt
+        written.append(path)
+        if len(written) == count:
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):

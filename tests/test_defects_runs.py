@@ -183,7 +183,7 @@ def test_a_finished_recipe_run_is_kept_refused_for_other_settings_and_restarted_
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(recipes, "train_stage", refuse)
+    monkeypatch.setattr(recipes, "fit_stage", refuse)
     assert main(scratch_args(out, photos)) == 0  # the same settings: reported, not trained again
     assert "test accuracy" in capsys.readouterr().out
     assert {name: (out / name).read_bytes() for name in saved} == saved  # wall_seconds kept too
@@ -261,13 +261,16 @@ def test_weights_that_stop_being_finite_are_caught_before_the_checkpoint(digit_r
     assert not (out / "checkpoint.pt").exists()
 
 
-def test_a_recipe_whose_loss_is_not_finite_stops_at_that_step(photos, tmp_path, monkeypatch, capsys):
+def test_a_recipe_whose_loss_is_not_finite_stops_naming_the_epoch_and_loss(photos, tmp_path, monkeypatch,
+                                                                           capsys):
     from transferkit.pretrained import classifier
 
     monkeypatch.setattr(classifier.F, "cross_entropy", lambda logits, target, **kw: logits.sum() * math.nan)
     out = tmp_path / "run"
     assert main(scratch_args(out, photos)) == 2
-    assert "the scratch stage's training loss became nan at epoch 1, step 1 of 10" in one_line(capsys)
+    line = one_line(capsys)
+    assert ("training stopped: the loss terms loss, train_loss became nan in epoch 1 (steps 1-10 of 10) "
+            "of scratch at --lr 0.001; no epoch was saved") in line
     assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
 
 

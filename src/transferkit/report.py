@@ -59,7 +59,8 @@ def _curves(history: list[dict[str, Any]], keys: list[tuple[str, str]], path: Pa
         if "stage" in history[0]:
             for stage in dict.fromkeys(h["stage"] for h in history):
                 rows = [h for h in history if h["stage"] == stage and key in h]
-                ax.plot([h[x] + 1 for h in rows], [h[key] for h in rows], marker=".", label=stage)
+                # epochs counted within each stage (older runs numbered them from 0, newer from 1)
+                ax.plot(range(1, len(rows) + 1), [h[key] for h in rows], marker=".", label=stage)
             ax.legend(fontsize=7)
         else:
             rows = [h for h in history if key in h]

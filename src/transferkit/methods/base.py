@@ -19,6 +19,9 @@ class Method(nn.Module):
     name: ClassVar[str]
     oracle: ClassVar[bool] = False  # learns from target labels: a reference, not adaptation
     uses_target: ClassVar[bool] = False  # needs unlabelled target batches
+    # perturbs the input images themselves (so it cannot train on a frozen prefix's cached
+    # activations in their place)
+    perturbs_inputs: ClassVar[bool] = False
 
     def __init__(self, network: DigitNetwork) -> None:
         super().__init__()
@@ -33,6 +36,17 @@ class Method(nn.Module):
             own = [p for name, p in self.named_parameters() if not name.startswith("network.")]
             return self.network.parameter_groups(own)
         return [{"params": list(self.parameters()), "lr_scale": 1.0}]
+
+    def frozen_keys(self) -> set[str]:
+        """State-dict keys that training cannot change, so checkpoints leave them out: frozen
+        parameters (``requires_grad`` off) and the buffers of modules in inference mode while
+        the method trains (a frozen stage's BatchNorm statistics). Called in training mode."""
+        frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
+        for module_name, module in self.named_modules():
+            if not module.training:
+                prefix = f"{module_name}." if module_name else ""
+                frozen |= {prefix + name for name, _ in module.named_buffers(recurse=False)}
+        return frozen
 
     def labelled_split(self, pair: DomainPair) -> DomainSplit:
         """The labelled data of the classification loss."""

@@ -10,11 +10,8 @@ loss) and its weights are restored; test labels are never looked at during train
 from __future__ import annotations
 
 import json
-import math
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +20,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from transferkit.errors import TransferkitError
-from transferkit.pretrained import imaging
+from transferkit.methods.base import Method
 from transferkit.pretrained.backbones import Backbone, BackboneSpec, build_backbone
+from transferkit.training.batches import CachedInputs, FitData, OnlineInputs
+from transferkit.training.loop import TrainConfig, best_record, fit, scores
 from transferkit.training.runfolder import (
-    NonFiniteError,
     check_finite,
     read_safetensors,
     save_tensors,
@@ -58,60 +56,7 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x, start))
 
 
-# ---------------------------------------------------------------- inputs to the trainable part
-
-
-class CachedInputs:
-    """Prefix outputs computed beforehand; epoch ``e`` reads view ``e mod V``."""
-
-    def __init__(self, views: list[torch.Tensor], device: torch.device) -> None:
-        self.views, self.device = views, device
-
-    def __len__(self) -> int:
-        return len(self.views[0])
-
-    def batch(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
-        view = self.views[epoch % len(self.views)]
-        return view[index].to(self.device, non_blocking=True).float()
-
-
-class OnlineInputs:
-    """uint8 images cropped (randomly when ``generator`` is given) and run through the frozen
-    prefix at every step."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        backbone: Backbone,
-        split: int,
-        size: int,
-        device: torch.device,
-        generator: torch.Generator | None,
-        flip: bool = True,
-    ) -> None:
-        self.images, self.backbone, self.split, self.size = images, backbone, split, size
-        self.device, self.generator, self.flip = device, generator, flip
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batch(self, index: torch.Tensor, epoch: int) -> torch.Tensor:
-        batch = self.images[index]
-        batch = (
-            imaging.augment(batch, self.size, self.generator, self.flip)
-            if self.generator is not None
-            else imaging.centre(batch, self.size)
-        )
-        spec = self.backbone.spec
-        x = imaging.normalise(batch.to(self.device), spec.mean, spec.std)
-        x = x.contiguous(memory_format=torch.channels_last)
-        if self.split == 0:
-            return x
-        with torch.no_grad():
-            return self.backbone(x, 0, self.split)
-
-
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- training, one stage a fit
 
 
 @dataclass
@@ -129,162 +74,115 @@ class StageConfig:
 class StageResult:
     name: str
     split: int
-    best_epoch: int = -1
+    best_epoch: int = -1  # counted from 0
     best_val_accuracy: float = -1.0
     best_val_loss: float = float("inf")
     epochs_run: int = 0
     seconds: float = 0.0
     epoch_seconds: list[float] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
-@torch.no_grad()
+class StageObjective(Method):
+    """One stage of a recipe as a method of the one training loop: cross-entropy of
+    ``model(x, split)`` on cached or online inputs of ``stages[:split]``, training
+    ``stages[split:]`` and the head. The backbone, BatchNorm included, stays in inference mode
+    (running statistics from pre-training are kept — the Keras transfer-learning guide's
+    advice, which matters with 2,000 images); the head (and its dropout) trains."""
+
+    def __init__(self, model: Classifier, split: int, name: str, lr_flag: str = "--lr") -> None:
+        super().__init__(model)  # type: ignore[arg-type]
+        self.split, self.name, self.lr_flag = split, name, lr_flag
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.trainable = [p for stage in model.backbone.stages[split:] for p in stage.parameters()]
+        self.trainable += list(model.head.parameters())
+        for p in self.trainable:
+            p.requires_grad_(True)
+
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": self.trainable, "lr_scale": 1.0}]
+
+    def train(self, mode: bool = True) -> StageObjective:
+        super().train(False)
+        self.network.head.train(mode)
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x, self.split)
+
+    def losses(self, images: torch.Tensor, labels: torch.Tensor,
+               target_images: torch.Tensor | None, progress: float) -> dict[str, torch.Tensor]:
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        return {"loss": loss, "train_loss": loss.detach(),
+                "train_accuracy": (logits.argmax(1) == labels).float().mean()}
+
+
+EVAL_BATCH = 128
+
+
+def fit_stage(
+    model: Classifier,
+    split: int,
+    data: FitData,
+    config: StageConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    run_dir: Path | None = None,
+    earlier: list[dict[str, Any]] | tuple = (),
+    progress: bool = True,
+    seed: int = 0,
+    lr_flag: str = "--lr",
+) -> StageResult:
+    """Train ``stages[split:]`` and the head with AdamW at a constant rate, one
+    :func:`~transferkit.training.loop.fit`, and keep the epoch with the best validation
+    accuracy (ties: lower validation loss), stopping after ``patience`` epochs without a
+    better one. An epoch draws at least ``min_batches`` batches. With ``run_dir`` the stage is
+    checkpointed each epoch as ``checkpoint-NAME.pt`` and resumes from it."""
+    objective = StageObjective(model, split, config.name, lr_flag)
+    n = len(data.labels)
+    batch = min(config.batch_size, max(n, StageConfig.batch_size))
+    train_config = TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        seed=seed, device=str(device), optimizer="adamw", weight_decay=config.weight_decay,
+        schedule="constant", selection="best", patience=config.patience,
+        epoch_images=max(n, config.min_batches * batch))
+    started = time.perf_counter()
+    history = fit(objective, replace(data, monitor_name="val", eval_batch_size=EVAL_BATCH), train_config,
+                  run_dir, progress, generator=generator, checkpoint_name=f"checkpoint-{config.name}.pt",
+                  earlier=earlier, stage=config.name)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    best = best_record(history, "val")
+    assert best is not None
+    return StageResult(
+        config.name, split, best_epoch=history.index(best),
+        best_val_accuracy=best["val_accuracy"], best_val_loss=best["val_loss"],
+        epochs_run=len(history), seconds=time.perf_counter() - started,
+        epoch_seconds=[h["seconds"] for h in history], history=history)
+
+
 def evaluate(
     model: Classifier,
     split: int,
     inputs: CachedInputs | OnlineInputs,
     labels: torch.Tensor,
-    batch_size: int = 128,
+    batch_size: int = EVAL_BATCH,
 ) -> tuple[float, float, torch.Tensor]:
-    """Accuracy, mean cross-entropy and the predicted probabilities."""
-    model.eval()
-    probs, loss = [], 0.0
-    for start in range(0, len(labels), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(labels)))
-        logits = model(inputs.batch(index, 0), split).float()
-        target = labels[index].to(logits.device)
-        loss += F.cross_entropy(logits, target, reduction="sum").item()
-        probs.append(logits.softmax(1).cpu())
-    p = torch.cat(probs)
-    return (p.argmax(1) == labels).float().mean().item(), loss / len(labels), p
+    """Accuracy, mean cross-entropy and the predicted probabilities of ``model`` on inputs of
+    ``stages[:split]`` (:func:`transferkit.training.loop.scores`)."""
+    return scores(_FromSplit(model, split), inputs, labels, batch_size)
 
 
-def _trainable(model: Classifier, split: int) -> list[nn.Parameter]:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = [p for stage in model.backbone.stages[split:] for p in stage.parameters()]
-    params += list(model.head.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    return params
+class _FromSplit(nn.Module):
+    def __init__(self, model: Classifier, split: int) -> None:
+        super().__init__()
+        self.model, self.split = model, split
 
-
-def _train_mode(model: Classifier) -> None:
-    """Head (and its dropout) trains; the backbone, BatchNorm included, stays in inference mode."""
-    model.eval()
-    model.head.train()
-
-
-def train_stage(
-    model: Classifier,
-    split: int,
-    train: CachedInputs | OnlineInputs,
-    train_labels: torch.Tensor,
-    val: CachedInputs | OnlineInputs,
-    val_labels: torch.Tensor,
-    config: StageConfig,
-    generator: torch.Generator,
-    device: torch.device,
-    on_epoch: Callable[[StageResult, dict[str, float]], None] | None = None,
-    progress: bool = True,
-) -> StageResult:
-    """Train ``stages[split:]`` and the head; restore the epoch with the best validation accuracy.
-
-    A batch holds at most every training image once (a larger ``batch_size`` is clamped to the
-    training set), so memory is bounded by the data. A loss that is not finite stops training
-    with :class:`NonFiniteError` naming the epoch and step (the loss is read every step here
-    anyway).
-    """
-    params = _trainable(model, split)
-    optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    result = StageResult(config.name, split)
-    best_state = None
-    n = len(train_labels)
-    # Memory is bounded by the data, or one default batch where the data are fewer: a batch
-    # larger than both would only repeat images (a default batch of a tiny set repeats some, as
-    # every committed result was made).
-    batch_size = min(config.batch_size, max(n, StageConfig.batch_size))
-    if batch_size < config.batch_size and progress:
-        print(f"transferkit: --batch-size {config.batch_size} is more than the {n} training images: "
-              f"batches of {batch_size}", file=sys.stderr)
-    per_epoch = max(n, config.min_batches * batch_size)
-    steps = -(-per_epoch // batch_size)
-    total = config.epochs * steps
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=config.name, unit="step", leave=False)
-    start_all = time.perf_counter()
-    stale = 0
-    for epoch in range(config.epochs):
-        started = time.perf_counter()
-        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-per_epoch // n))])[
-            :per_epoch
-        ]
-        _train_mode(model)
-        running, seen, correct = 0.0, 0, 0
-        for step in range(steps):
-            index = order[step * batch_size : (step + 1) * batch_size]
-            x = train.batch(index, epoch)
-            target = train_labels[index].to(device)
-            logits = model(x, split)
-            loss = F.cross_entropy(logits, target)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                if bar is not None:
-                    bar.close()
-                raise NonFiniteError(
-                    f"training stopped: the {config.name} stage's training loss became {value} at "
-                    f"epoch {epoch + 1}, step {step + 1} of {steps} (learning rate "
-                    f"{config.learning_rate}); no model was saved. Lower the learning rate (or "
-                    "check the data) and run again")
-            running += value * len(index)
-            correct += (logits.argmax(1) == target).sum().item()
-            seen += len(index)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{running / seen:.3f}", acc=f"{correct / seen:.3f}")
-        train_seconds = time.perf_counter() - started
-        val_accuracy, val_loss, _ = evaluate(model, split, val, val_labels)
-        record = {
-            "stage": config.name,
-            "epoch": epoch,
-            "train_loss": running / seen,
-            "train_accuracy": correct / seen,
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "train_seconds": train_seconds,
-        }
-        result.history.append(record)
-        result.epoch_seconds.append(train_seconds)
-        result.epochs_run = epoch + 1
-        better = val_accuracy > result.best_val_accuracy or (
-            val_accuracy == result.best_val_accuracy and val_loss < result.best_val_loss
-        )
-        if better:
-            result.best_epoch, result.best_val_accuracy, result.best_val_loss = epoch, val_accuracy, val_loss
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            stale = 0
-        else:
-            stale += 1
-        if bar is not None:
-            bar.set_description(f"{config.name} val {val_accuracy:.3f} (best {result.best_val_accuracy:.3f})")
-        if on_epoch is not None:
-            on_epoch(result, record)
-        if stale >= config.patience:
-            break
-    if bar is not None:
-        bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    result.seconds = time.perf_counter() - start_all
-    return result
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.split)
 
 
 # ---------------------------------------------------------------- saving and loading

@@ -7,11 +7,15 @@
 - ``scratch``: the whole network from random weights (Chollet's small convnet by default),
   augmented afresh at every step.
 
-Each run writes ``config.json``, ``metrics.jsonl`` (one line per epoch), ``metrics.json`` and
-the model (``model.safetensors`` + ``model.json``) under its output folder, each file replaced
-whole. The folder is locked while a run writes it. A finished run is kept: run again with the
-same settings, it is reported, not trained again (``restart=True`` trains it again); with other
-settings it is refused.
+A recipe is a list of stages, each one :func:`transferkit.training.loop.fit` (through
+:func:`~transferkit.pretrained.classifier.fit_stage`: AdamW at a constant rate, the best
+validation epoch kept, early stopping), checkpointed every epoch as ``checkpoint-STAGE.pt``, so
+an interrupted run resumes where it stopped, to the same weights. Each run writes
+``config.json``, ``metrics.jsonl`` (one line per epoch), ``metrics.json`` and the model
+(``model.safetensors`` + ``model.json``) under its output folder, each file replaced whole; the
+stage checkpoints are removed once the run has finished. The folder is locked while a run
+writes it. A finished run is kept: run again with the same settings, it is reported, not
+trained again (``restart=True`` trains it again); with other settings it is refused.
 """
 
 from __future__ import annotations
@@ -32,15 +36,15 @@ from transferkit.errors import TransferkitError
 from transferkit.pretrained import activations, imaging
 from transferkit.pretrained.backbones import build_backbone
 from transferkit.pretrained.classifier import (
-    CachedInputs,
     Classifier,
-    OnlineInputs,
     StageConfig,
+    StageResult,
     evaluate,
+    fit_stage,
     make_head,
     save_model,
-    train_stage,
 )
+from transferkit.training.batches import CachedInputs, FitData, OnlineInputs
 from transferkit.training.device import resolve_device
 from transferkit.training.runfolder import (
     check_same_settings,
@@ -48,7 +52,6 @@ from transferkit.training.runfolder import (
     locked,
     write_config,
     write_json,
-    write_text,
 )
 
 RECIPES = ("extract", "finetune", "scratch")
@@ -168,19 +171,9 @@ def _check_input_size(backbone: Any, size: int, device: torch.device) -> None:
 
 # A finished run's files; --restart discards them, metrics.json (the mark of a finished run) first.
 FINISHED_FILES = ("metrics.json", "model.safetensors", "model.json")
-RUN_FILES = (*FINISHED_FILES, "metrics.jsonl")
-
-
-class _Log:
-    """``metrics.jsonl``, one line per epoch, the whole file replaced at each epoch."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.lines = path, []
-        write_text(path, "")
-
-    def __call__(self, _result: Any, record: dict[str, float]) -> None:
-        self.lines.append(json.dumps(record) + "\n")
-        write_text(self.path, "".join(self.lines))
+# Each stage's checkpoint while the run trains (removed once the run has finished).
+CHECKPOINTS = tuple(f"checkpoint-{stage}.pt" for stage in ("scratch", "head", "finetune"))
+RUN_FILES = (*FINISHED_FILES, "metrics.jsonl", *CHECKPOINTS)
 
 
 def _finished(out: Path) -> dict[str, Any] | None:
@@ -238,7 +231,7 @@ def _run(
     size = backbone.spec.input_size
     _check_input_size(backbone, size, device)
     record = {**asdict(config), "weights": weights, "input_size": size}
-    check_same_settings(out, record, FINISHED_FILES, unreadable_ok=restart)
+    check_same_settings(out, record, FINISHED_FILES + CHECKPOINTS, unreadable_ok=restart)
     if restart:
         discard(out, RUN_FILES)
     else:
@@ -272,7 +265,6 @@ def _run(
         splits.classes,
         config.head,
     )
-    log = _Log(out / "metrics.jsonl")
     n_stages = len(backbone.stages)
     timings: dict[str, float] = {}
 
@@ -313,25 +305,14 @@ def _run(
         timings[f"prefix_{name}_seconds"] = time.perf_counter() - t
         return CachedInputs(views, device)
 
-    stages = []
+    stages: list[StageResult] = []
     y_train = labels["train"][subset]
 
     def train(split: int, train_in: Any, val_in: Any, stage: StageConfig) -> None:
-        stages.append(
-            train_stage(
-                model,
-                split,
-                train_in,
-                y_train,
-                val_in,
-                labels["val"],
-                stage,
-                generator,
-                device,
-                log,
-                progress,
-            )
-        )
+        data = FitData(train_in, y_train, monitor=val_in, monitor_labels=labels["val"])
+        earlier = [record for done in stages for record in done.history]
+        stages.append(fit_stage(model, split, data, stage, generator, device, out, earlier, progress,
+                                config.seed, "--finetune-lr" if stage.name == "finetune" else "--lr"))
 
     head_config = StageConfig(
         "head", config.epochs, config.learning_rate, patience=config.patience, batch_size=config.batch_size
@@ -407,4 +388,6 @@ def _run(
     result["wall_seconds"] = time.perf_counter() - started
     save_model(model, out, {"recipe": config.recipe, "data": config.data})
     write_json(out / "metrics.json", result)  # last: the mark of a finished run
+    for name in CHECKPOINTS:  # the model and metrics hold all a finished run needs
+        (out / name).unlink(missing_ok=True)
     return result

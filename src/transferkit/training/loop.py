@@ -1,10 +1,17 @@
-"""The one training loop: every method runs through :func:`fit`.
+"""The one training loop: every adaptation method, and every stage of the extract /
+finetune / scratch recipes, runs through :func:`fit`.
 
-Batches are drawn from in-memory uint8 tensors (already on the training device) by index,
-then normalised in one vectorised step — no per-sample Python work, no worker processes.
-Each epoch ends with an evaluation on the method's monitor split, a line in
-``metrics.jsonl`` and a checkpoint (model, optimiser, epoch, sampler RNG, history), so an
-interrupted run resumes where its last epoch ended.
+Batches are drawn by index from the data's inputs (:mod:`transferkit.training.batches`):
+in-memory uint8 tensors already on the training device, normalised in one vectorised step — no
+per-sample Python work, no worker processes — or a frozen prefix's cached activations, or
+images augmented and run through the prefix at each step. Each epoch ends with an evaluation
+on the monitored labelled split, a line in ``metrics.jsonl`` and a checkpoint (model,
+optimiser, epoch, sampler and torch generators, the selected epoch's weights, history), so an
+interrupted run resumes where its last epoch ended, to the same weights.
+
+The optimiser and schedule are settings (:class:`TrainConfig`): the DANN paper's SGD with
+annealing for adaptation, AdamW at a constant rate for fine-tuning; so is the selection, the
+last epoch or the best on the monitored split with early stopping.
 
 With ``average`` (see :func:`weight_average`) the loop also keeps an exponential moving
 average of the weights, updated after every step, evaluated on the monitor split each epoch
@@ -39,12 +46,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from transferkit.data.pairs import DomainPair, DomainSplit
 from transferkit.errors import TransferkitError
 from transferkit.methods.base import Method
+from transferkit.training.batches import FitData, InMemory, Inputs
 from transferkit.training.checkpoint import corrupt_checkpoint, load_checkpoint, save_checkpoint
 from transferkit.training.device import resolve_device
 from transferkit.training.runfolder import NonFiniteError, non_finite, write_text
@@ -58,9 +67,28 @@ class SettingError(TransferkitError, ValueError):
     """A training setting out of range: one line in the CLI, a ``ValueError`` in Python."""
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("annealed", "constant")
+SELECTIONS = ("last", "best")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Plain values; defaults are the paper's (SGD, momentum 0.9, μ₀ = 0.01, 64 + 64)."""
+    """Plain values; defaults are the paper's (SGD, momentum 0.9, μ₀ = 0.01 annealed, 64 + 64,
+    the last epoch kept).
+
+    Options added after the first runs default to None, meaning the paper's choice, so that
+    run folders recorded before them still match their settings:
+
+    - ``optimizer``: None or "sgd" (SGD with ``momentum``), or "adamw" (AdamW with
+      ``weight_decay``, None meaning 0) — fine-tuning's;
+    - ``schedule``: None or "annealed" (μ_p = μ₀ / (1 + 10 p)^0.75), or "constant";
+    - ``selection``: None or "last" (the last epoch's weights), or "best" (the epoch with the
+      best accuracy on the monitored labelled split, ties to the lower loss; never target
+      data), with ``patience``: stop after that many epochs without a better one;
+    - ``epoch_images``: images drawn per epoch, the last batch partial (overrides
+      ``steps_per_epoch``).
+    """
 
     epochs: int = 10
     batch_size: int = 64
@@ -69,6 +97,12 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # default: one pass over the labelled split
     seed: int = 0
     device: str = "auto"
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    selection: str | None = None
+    patience: int | None = None
+    epoch_images: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -76,16 +110,24 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise SettingError(f"--{name.replace('_', '-')} {value}: expected a whole number "
                                    "of at least 1")
-        steps = self.steps_per_epoch
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)
-                                  or steps < 1):
-            raise SettingError(f"--steps-per-epoch {steps}: expected a whole number of at least 1 "
-                               "(or leave it out for one pass over the labelled data)")
+        for name in ("steps_per_epoch", "patience", "epoch_images"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                      or value < 1):
+                raise SettingError(f"--{name.replace('_', '-')} {value}: expected a whole number of "
+                                   "at least 1 (or leave it out)")
         if not _positive_finite(self.learning_rate):
             raise SettingError(f"--lr {self.learning_rate}: expected a finite number above 0 "
                                "(such as 0.01)")
         if not (_finite(self.momentum) and 0.0 <= self.momentum < 1.0):
             raise SettingError(f"momentum {self.momentum}: expected a number in [0, 1)")
+        if self.weight_decay is not None and not (_finite(self.weight_decay) and self.weight_decay >= 0):
+            raise SettingError(f"weight decay {self.weight_decay}: expected a finite number ≥ 0")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                              ("selection", SELECTIONS)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise SettingError(f"{name} {value!r}: expected one of {', '.join(allowed)}")
 
 
 def _finite(value: object) -> bool:
@@ -97,10 +139,22 @@ def _positive_finite(value: object) -> bool:
     return _finite(value) and value > 0  # type: ignore[operator]
 
 
-def _to_device(split: DomainSplit, device: torch.device) -> DomainSplit:
+def _on_device(split: DomainSplit, pair: DomainPair, device: torch.device) -> InMemory:
     memory_format = torch.channels_last  # faster oneDNN convolutions on the CPU
-    return DomainSplit(split.images.to(device).contiguous(memory_format=memory_format),
-                       split.labels.to(device))
+    return InMemory(split.images.to(device).contiguous(memory_format=memory_format), pair.normalize,
+                    device)
+
+
+def pair_data(method: Method, pair: DomainPair, device: torch.device) -> FitData:
+    """What ``method`` trains on in ``pair``: its labelled split and (if it uses them) the
+    target's training images, in memory on ``device``; it watches ``method.monitor_split``."""
+    labelled = method.labelled_split(pair)
+    monitor = method.monitor_split(pair)
+    return FitData(
+        labelled=_on_device(labelled, pair, device), labels=labelled.labels.to(device),
+        target=_on_device(pair.target_train, pair, device) if method.uses_target else None,
+        monitor=InMemory(monitor.images, pair.normalize, device) if monitor is not None else None,
+        monitor_labels=monitor.labels if monitor is not None else None)
 
 
 OUTPUTS = ("logits", "hidden")
@@ -113,26 +167,55 @@ CPU_INFERENCE_BATCH = 256
 GPU_INFERENCE_BATCH = 1024
 
 
+def _batches_of(inputs: Inputs, batch_size: int):
+    for start in range(0, len(inputs), batch_size):
+        stop = min(start + batch_size, len(inputs))
+        if hasattr(inputs, "slice"):
+            yield start, stop, inputs.slice(start, stop)
+        else:
+            yield start, stop, inputs.batch(torch.arange(start, stop, device=inputs.index_device), 0)
+
+
 @torch.no_grad()
-def run_batches(method: Method, images: torch.Tensor, pair: DomainPair, output: str = "logits",
-                batch_size: int | None = None) -> torch.Tensor:
-    """Logits (or, ``output="hidden"``, the label predictor's last hidden layer) of uint8
-    images, batch by batch, returned on the CPU. ``batch_size`` defaults to 256 images on the
-    CPU and 1,024 on a GPU."""
+def predict(module: torch.nn.Module, inputs: Inputs, batch_size: int | None = None,
+            output: str = "logits") -> torch.Tensor:
+    """The one batched-inference path: logits (or, ``output="hidden"``, the last hidden layer
+    of a method's label predictor) of every item of ``inputs``, in inference mode, returned on
+    the CPU. ``batch_size`` defaults to 256 on the CPU and 1,024 on a GPU."""
     if output not in OUTPUTS:
         raise ValueError(f"output {output!r}: expected one of {', '.join(OUTPUTS)}")
-    was_training = method.training
-    method.eval()
-    device = next(method.parameters()).device
+    was_training = module.training
+    module.eval()
     if batch_size is None:
+        device = next(module.parameters()).device
         batch_size = CPU_INFERENCE_BATCH if device.type == "cpu" else GPU_INFERENCE_BATCH
-    forward = method.hidden if output == "hidden" else method
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = pair.normalize(images[start : start + batch_size].to(device))
-        outputs.append(forward(batch.contiguous(memory_format=torch.channels_last)).cpu())
-    method.train(was_training)
+    forward = module.hidden if output == "hidden" else module
+    outputs = [forward(batch).float().cpu() for _, _, batch in _batches_of(inputs, batch_size)]
+    module.train(was_training)
     return torch.cat(outputs)
+
+
+@torch.no_grad()
+def scores(module: torch.nn.Module, inputs: Inputs, labels: torch.Tensor,
+           batch_size: int | None = None) -> tuple[float, float, torch.Tensor]:
+    """The one ``evaluate``: accuracy, mean cross-entropy and class probabilities (CPU) of
+    ``module`` on labelled ``inputs`` (the loss is summed batch by batch in float64)."""
+    logits = predict(module, inputs, batch_size)
+    labels = labels.cpu()
+    if batch_size is None:
+        batch_size = len(logits) or 1
+    loss = sum(F.cross_entropy(logits[i : i + batch_size], labels[i : i + batch_size],
+                               reduction="sum").item() for i in range(0, len(labels), batch_size))
+    probabilities = logits.softmax(1)
+    accuracy = (probabilities.argmax(1) == labels).float().mean().item()
+    return accuracy, loss / max(1, len(labels)), probabilities
+
+
+def run_batches(method: Method, images: torch.Tensor, pair: DomainPair, output: str = "logits",
+                batch_size: int | None = None) -> torch.Tensor:
+    """Logits (or the last hidden layer) of uint8 images of ``pair``: :func:`predict` on them."""
+    device = next(method.parameters()).device
+    return predict(method, InMemory(images, pair.normalize, device), batch_size, output)
 
 
 def evaluate(method: Method, split: DomainSplit, pair: DomainPair) -> float:
@@ -249,24 +332,75 @@ def weight_average(method: Method, decay: float) -> AveragedModel:
     return _HostCountedAverage(method, decay)
 
 
-def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | None = None,
-        progress: bool = True, average: AveragedModel | None = None,
-        clock: RunClock | None = None) -> list[dict[str, Any]]:
-    """Train ``method`` on ``pair``; returns one dict of metrics per epoch.
+def _better(record: dict[str, Any], best: dict[str, Any] | None, name: str) -> bool:
+    """Whether ``record``'s monitored accuracy beats ``best``'s (ties: a lower loss)."""
+    if best is None:
+        return True
+    accuracy, best_accuracy = record[f"{name}_accuracy"], best[f"{name}_accuracy"]
+    return accuracy > best_accuracy or (accuracy == best_accuracy
+                                        and record[f"{name}_loss"] < best[f"{name}_loss"])
 
-    ``average``, made by :func:`weight_average` from ``method`` before training, is updated
-    after every optimiser step; its monitor accuracy is logged as ``average_val_accuracy``.
-    ``clock`` (see :class:`RunClock`) is given the wall time a resumed run had already spent,
-    and each checkpoint records the run's total so far.
+
+def best_record(history: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The epoch ``selection="best"`` keeps: the first with the best monitored accuracy, ties
+    to the lower loss."""
+    best = None
+    for record in history:
+        if _better(record, best, name):
+            best = record
+    return best
+
+
+def _stopped_early(history: list[dict[str, Any]], config: TrainConfig, name: str) -> bool:
+    if config.selection != "best" or config.patience is None or not history:
+        return False
+    best = best_record(history, name)
+    assert best is not None
+    return len(history) - history.index(best) - 1 >= config.patience
+
+
+def _optimizer(method: Method, config: TrainConfig) -> torch.optim.Optimizer:
+    # parameter groups with an lr_scale each: a pretrained backbone trains at a fraction of
+    # the rate (Method.parameter_groups); the paper's networks are one group at the full rate
+    groups = method.parameter_groups()
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay or 0.0)
+    return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
+
+
+def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir: Path | None = None,
+        progress: bool = True, average: AveragedModel | None = None, clock: RunClock | None = None,
+        *, generator: torch.Generator | None = None, checkpoint_name: str = CHECKPOINT,
+        earlier: list[dict[str, Any]] | tuple = (), stage: str | None = None) -> list[dict[str, Any]]:
+    """Train ``method``; returns one dict of metrics per epoch.
+
+    ``data`` is a :class:`~transferkit.data.pairs.DomainPair` (the method's labelled split and,
+    if it uses them, the target's images, in memory on the device) or any
+    :class:`~transferkit.training.batches.FitData`. ``average``, made by
+    :func:`weight_average` from ``method`` before training, is updated after every optimiser
+    step; its monitor accuracy is logged as ``average_val_accuracy``. ``clock`` (see
+    :class:`RunClock`) is given the wall time a resumed run had already spent, and each
+    checkpoint records the run's total so far.
+
+    A recipe is a list of stages, each one ``fit`` of its own ``checkpoint_name`` in the same
+    ``run_dir``: ``generator`` (the sampling order's, default seeded with ``config.seed``) is
+    shared by the stages and restored with each; ``earlier`` are the earlier stages' records,
+    written before this stage's in ``metrics.jsonl``; ``stage`` names each record. A stage
+    already finished in its checkpoint is not trained again: its weights (the selected epoch's)
+    are loaded and its records returned.
     """
     clock = clock if clock is not None else RunClock()
     device = resolve_device(config.device)
     method.to(device).to(memory_format=torch.channels_last)
     if average is not None:
         average.to(device).to(memory_format=torch.channels_last)
-    labelled = _to_device(method.labelled_split(pair), device)
-    target = _to_device(pair.target_train, device) if method.uses_target else None
-    monitor = method.monitor_split(pair)
+    if isinstance(data, DomainPair):
+        pair = data
+        data = pair_data(method, pair, device)
+    labelled, target = data.labelled, data.target
+    name = data.monitor_name
+    if config.selection == "best" and data.monitor is None:
+        raise SettingError("selection 'best' needs a labelled split to watch; this run has none")
     # Memory is bounded by the data, or one default batch where the data are fewer: a
     # --batch-size beyond both would only repeat images, at the cost of memory without bound
     # (a default batch of a tiny set repeats some, as every committed run was made).
@@ -274,16 +408,34 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
     if batch < config.batch_size and progress:
         tqdm.write(f"transferkit: --batch-size {config.batch_size} is more than the {len(labelled)} "
                    f"labelled images: batches of {batch}")
-    steps_per_epoch = config.steps_per_epoch or max(1, len(labelled) // batch)
+    if config.epoch_images is not None:
+        count = config.epoch_images
+        steps_per_epoch = math.ceil(count / batch)
+    else:
+        steps_per_epoch = config.steps_per_epoch or max(1, len(labelled) // batch)
+        count = steps_per_epoch * batch
     total_steps = config.epochs * steps_per_epoch
-    # parameter groups with an lr_scale each: a pretrained backbone trains at a fraction of
-    # the rate (Method.parameter_groups); the paper's networks are one group at the full rate
-    optimizer = torch.optim.SGD(method.parameter_groups(), lr=config.learning_rate,
-                                momentum=config.momentum)
-    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = _optimizer(method, config)
+    generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    earlier = list(earlier)
 
-    checkpoint_path = run_dir / CHECKPOINT if run_dir is not None else None
+    # Checkpoints and the selected epoch's copy hold what training can change: a frozen
+    # backbone's weights and statistics are the same at every epoch (and rebuilt on resume).
+    method.train()
+    frozen = method.frozen_keys()
+
+    def trained_state() -> dict[str, torch.Tensor]:
+        return {k: v for k, v in method.state_dict().items() if k not in frozen}
+
+    def load_trained(tensors: dict[str, torch.Tensor]) -> None:
+        result = method.load_state_dict(tensors, strict=False)
+        missing = set(result.missing_keys) - frozen
+        if missing or result.unexpected_keys:
+            raise KeyError(f"missing {sorted(missing)[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+    checkpoint_path = run_dir / checkpoint_name if run_dir is not None else None
     state = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     if state is not None:
         assert checkpoint_path is not None
@@ -293,7 +445,7 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
         if isinstance(saved_config, dict):
             changed = [f"{key}={saved_config.get(key)!r} there, {value!r} here"
                        for key, value in asdict(config).items()
-                       if key != "device" and key in saved_config and saved_config[key] != value]
+                       if key != "device" and saved_config.get(key) != value]
             if changed:
                 raise TransferkitError(f"{checkpoint_path} was made with other settings "
                                        f"({'; '.join(changed)}): choose another --out, or rerun "
@@ -303,13 +455,20 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
                                    "resume a run that keeps one (remove the folder, or choose "
                                    "another --out)")
         try:
-            method.load_state_dict(state["model"])
+            load_trained(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
             history = list(state["history"])
             if average is not None:
                 average.load_state_dict(state["average"])
-            bad = non_finite(state["model"]) + non_finite(state.get("average", {}))
+            if config.selection == "best":
+                best_state = state["best"]
+            if "torch_rng" in state:  # dropout and other draws from torch's global generator
+                torch.set_rng_state(state["torch_rng"])
+            if hasattr(labelled, "load_state"):
+                labelled.load_state(state.get("inputs"))
+            bad = (non_finite(state["model"]) + non_finite(state.get("average", {}))
+                   + non_finite(best_state or {}))
             seconds = float(state.get("wall_seconds", sum(h["seconds"] for h in history)))
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
@@ -318,35 +477,40 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
             raise corrupt_checkpoint(checkpoint_path, f"{bad[0]} holds NaN or infinite values")
         clock.before = seconds
     if run_dir is not None:  # rewrite from the checkpoint: a line after it is not trusted
-        _write_lines(run_dir / METRICS_LINES, history)
+        _write_lines(run_dir / METRICS_LINES, earlier + history)
 
     method.train()
+    best = best_record(history, name) if config.selection == "best" else None
     for epoch in range(len(history), config.epochs):
-        count = steps_per_epoch * batch
-        labelled_order = _EpochOrder(len(labelled), count, generator, device)
+        if _stopped_early(history, config, name):
+            break
+        labelled_order = _EpochOrder(len(labelled), count, generator, labelled.index_device)
         if target is not None:  # the target's passes follow the labelled ones in the sequence
             target_generator = torch.Generator()
             target_generator.set_state(_state_after_passes(generator, len(labelled),
                                                            labelled_order.passes_left))
-            target_order = _EpochOrder(len(target), count, target_generator, device)
+            target_order = _EpochOrder(len(target), count, target_generator, target.index_device)
         sums: dict[str, torch.Tensor | float] = defaultdict(float)
         data_seconds = 0.0
         started = time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"{method.name} epoch {epoch + 1}/{config.epochs}",
-                   unit="step", leave=False, disable=not progress, mininterval=0.5)
+        description = f"{method.name} epoch {epoch + 1}/{config.epochs}"
+        bar = tqdm(range(steps_per_epoch), desc=description, unit="step", leave=False,
+                   disable=not progress, mininterval=0.5)
         for step in bar:
             global_step = epoch * steps_per_epoch + step
             progress_p = global_step / total_steps
-            learning_rate = annealed_learning_rate(progress_p, config.learning_rate)
+            learning_rate = (config.learning_rate if config.schedule == "constant"
+                             else annealed_learning_rate(progress_p, config.learning_rate))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate * group.get("lr_scale", 1.0)
             data_start = time.perf_counter()
-            chosen = labelled_order.take(batch)
-            images = pair.normalize(labelled.images[chosen])
-            labels = labelled.labels[chosen]
+            size = min(batch, count - step * batch)
+            chosen = labelled_order.take(size)
+            images = labelled.batch(chosen, epoch)
+            labels = data.labels[chosen].to(device, non_blocking=True)
             target_images = None
             if target is not None:
-                target_images = pair.normalize(target.images[target_order.take(batch)])
+                target_images = target.batch(target_order.take(size), epoch)
             data_seconds += time.perf_counter() - data_start
 
             values = method.losses(images, labels, target_images, progress_p)
@@ -365,35 +529,50 @@ def fit(method: Method, pair: DomainPair, config: TrainConfig, run_dir: Path | N
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the clock stops when the device's work is done
         seconds = time.perf_counter() - started
-        images_per_step = batch * (2 if target is not None else 1)
         record: dict[str, Any] = {"epoch": epoch + 1}
+        if stage is not None:
+            record["stage"] = stage
         record.update({k: float(v) / steps_per_epoch for k, v in sums.items()})
-        _stop_unless_finite(record, method, average, epoch, steps_per_epoch, config, len(history),
-                            checkpoint_path)
+        _stop_unless_finite(record, method, trained_state(), average, epoch, steps_per_epoch, config,
+                            len(history), checkpoint_path)
         record.update({
             "learning_rate": learning_rate,
             "seconds": seconds,
-            "images_per_second": steps_per_epoch * images_per_step / seconds,
+            "images_per_second": count * (2 if target is not None else 1) / seconds,
             "data_fraction": data_seconds / seconds,
         })
-        if monitor is not None:
-            record["source_val_accuracy"] = evaluate(method, monitor, pair)
+        if data.monitor is not None:
+            assert data.monitor_labels is not None
+            accuracy, loss, _ = scores(method, data.monitor, data.monitor_labels, data.eval_batch_size)
+            record[f"{name}_accuracy"], record[f"{name}_loss"] = accuracy, loss
             if average is not None:
-                record["average_val_accuracy"] = evaluate(average.module, monitor, pair)
+                record["average_val_accuracy"] = scores(average.module, data.monitor,
+                                                        data.monitor_labels, data.eval_batch_size)[0]
+        if config.selection == "best" and _better(record, best, name):
+            best = record
+            best_state = {k: v.detach().clone() for k, v in trained_state().items()}
         history.append(record)
         if run_dir is not None:
             assert checkpoint_path is not None
-            snapshot = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+            snapshot = {"model": trained_state(), "optimizer": optimizer.state_dict(),
                         "generator": generator.get_state(), "history": history,
-                        "config": asdict(config), "wall_seconds": clock.total()}
+                        "config": asdict(config), "wall_seconds": clock.total(),
+                        "torch_rng": torch.get_rng_state()}
             if average is not None:
                 snapshot["average"] = average.state_dict()
+            if best_state is not None:
+                snapshot["best"] = best_state
+            if hasattr(labelled, "state") and labelled.state() is not None:
+                snapshot["inputs"] = labelled.state()
             save_checkpoint(checkpoint_path, snapshot)
-            _write_lines(run_dir / METRICS_LINES, history)
+            _write_lines(run_dir / METRICS_LINES, earlier + history)
         clock.trained = True
         if progress:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
-            tqdm.write(f"{method.name} epoch {epoch + 1}/{config.epochs}: {shown}")
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                              if k not in ("epoch", "stage"))
+            tqdm.write(f"{description}: {shown}")
+    if best_state is not None:
+        load_trained(best_state)  # the selected epoch's weights
     return history
 
 
@@ -402,13 +581,15 @@ def _write_lines(path: Path, history: list[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(h) + "\n" for h in history))
 
 
-def _stop_unless_finite(record: dict[str, Any], method: Method, average: AveragedModel | None,
+def _stop_unless_finite(record: dict[str, Any], method: Method, weights: dict[str, torch.Tensor],
+                        average: AveragedModel | None,
                         epoch: int, steps_per_epoch: int, config: TrainConfig, kept: int,
                         checkpoint_path: Path | None) -> None:
     """Raise :class:`NonFiniteError` if an epoch's mean losses (``record``) or the weights
     after it are not finite; called before the epoch is evaluated or checkpointed."""
-    bad_losses = [key for key, value in record.items() if key != "epoch" and not math.isfinite(value)]
-    tensors = {f"weight {name}": value for name, value in method.state_dict().items()}
+    bad_losses = [key for key, value in record.items()
+                  if key not in ("epoch", "stage") and not math.isfinite(value)]
+    tensors = {f"weight {name}": value for name, value in weights.items()}
     if average is not None:
         tensors.update({f"average weight {name}": value
                         for name, value in average.module.state_dict().items()})
@@ -429,5 +610,6 @@ def _stop_unless_finite(record: dict[str, Any], method: Method, average: Average
         kept_text = "no epoch was saved. Run again with a lower --lr (or check the data)"
     raise NonFiniteError(
         f"training stopped: {what} in epoch {epoch + 1} (steps {first}-{last} of "
-        f"{config.epochs * steps_per_epoch}) of {method.name} at --lr {config.learning_rate:g}; "
+        f"{config.epochs * steps_per_epoch}) of {method.name} at {getattr(method, 'lr_flag', '--lr')} "
+        f"{config.learning_rate:g}; "
         f"{kept_text}")

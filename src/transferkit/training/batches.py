@@ -1,0 +1,171 @@
+"""Where the training loop's batches come from: the data decide, not the method.
+
+Each kind of *inputs* holds one split and gives the network-ready float batch of any index
+tensor, ``batch(index, epoch)``, with ``index`` on its ``index_device``:
+
+- :class:`InMemory`: uint8 images in memory (on the training device for training), normalised
+  per batch in one vectorised step — the paper's digit networks;
+- :class:`CachedInputs`: the frozen prefix's outputs, computed once per augmented view
+  (:mod:`transferkit.pretrained.activations`); epoch ``e`` reads view ``e mod V`` — feature
+  extraction and fine-tuning on a CPU;
+- :class:`OnlineInputs`: uint8 images cropped (randomly, with flips, when given a generator)
+  and run through the frozen prefix at every step.
+
+:class:`FitData` bundles what :func:`transferkit.training.loop.fit` trains on: the labelled
+inputs and labels, optional unlabelled target inputs, and the labelled split it watches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+class Inputs(Protocol):
+    index_device: torch.device
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: torch.Tensor, epoch: int) -> torch.Tensor: ...
+
+
+class InMemory:
+    """uint8 N×C×H×W ``images`` → ``normalize(images[index])`` on ``device``, channels-last
+    (faster oneDNN convolutions on the CPU)."""
+
+    def __init__(self, images: torch.Tensor, normalize: Any, device: torch.device) -> None:
+        self.images, self.normalize, self.device = images, normalize, device
+        self.index_device = images.device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, index: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        batch = self.normalize(self.images[index].to(self.device, non_blocking=True))
+        return batch.contiguous(memory_format=torch.channels_last)
+
+    def slice(self, start: int, stop: int) -> torch.Tensor:
+        """``batch`` of ``range(start, stop)``, without an index (inference)."""
+        batch = self.normalize(self.images[start:stop].to(self.device, non_blocking=True))
+        return batch.contiguous(memory_format=torch.channels_last)
+
+
+class CachedInputs:
+    """Prefix outputs computed beforehand (on the CPU); epoch ``e`` reads view ``e mod V``."""
+
+    index_device = torch.device("cpu")
+
+    def __init__(self, views: list[torch.Tensor], device: torch.device) -> None:
+        self.views, self.device = views, device
+
+    def __len__(self) -> int:
+        return len(self.views[0])
+
+    def batch(self, index: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        view = self.views[epoch % len(self.views)]
+        batch = view[index].to(self.device, non_blocking=True).float()
+        # feature maps channels-last, as the loop keeps the network's weights
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+
+
+class OnlineInputs:
+    """uint8 images cropped (randomly when ``generator`` is given) and run through the frozen
+    prefix ``backbone.stages[:split]`` at every step. ``generator`` is part of a run's state:
+    :meth:`state` and :meth:`load_state` let a resumed run draw the same crops."""
+
+    index_device = torch.device("cpu")
+
+    def __init__(self, images: torch.Tensor, backbone: Any, split: int, size: int,
+                 device: torch.device, generator: torch.Generator | None, flip: bool = True) -> None:
+        self.images, self.backbone, self.split, self.size = images, backbone, split, size
+        self.device, self.generator, self.flip = device, generator, flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def state(self) -> torch.Tensor | None:
+        return self.generator.get_state() if self.generator is not None else None
+
+    def load_state(self, state: torch.Tensor | None) -> None:
+        if self.generator is not None and state is not None:
+            self.generator.set_state(state)
+
+    def batch(self, index: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        from transferkit.pretrained import imaging
+
+        batch = self.images[index]
+        batch = (imaging.augment(batch, self.size, self.generator, self.flip)
+                 if self.generator is not None else imaging.centre(batch, self.size))
+        spec = self.backbone.spec
+        x = imaging.normalise(batch.to(self.device), spec.mean, spec.std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.split == 0:
+            return x
+        with torch.no_grad():
+            return self.backbone(x, 0, self.split)
+
+
+@dataclass
+class FitData:
+    """What one :func:`~transferkit.training.loop.fit` trains on.
+
+    ``labels`` lie on ``labelled.index_device``. ``monitor`` (with ``monitor_labels``) is the
+    labelled split watched after each epoch, logged as ``{monitor_name}_accuracy`` and
+    ``{monitor_name}_loss`` (never target-test data). ``eval_batch_size`` is the inference
+    batch of that evaluation (None: the loop's default for the device).
+    """
+
+    labelled: Inputs
+    labels: torch.Tensor
+    target: Inputs | None = None
+    monitor: Inputs | None = None
+    monitor_labels: torch.Tensor | None = None
+    monitor_name: str = "source_val"
+    eval_batch_size: int | None = None
+
+
+@torch.no_grad()
+def prefix_outputs(backbone: Any, split: int, inputs: InMemory, batch_size: int = 256,
+                   progress: bool = False, label: str = "") -> torch.Tensor:
+    """``backbone.stages[:split]`` applied once to every image of ``inputs`` (in inference
+    mode: frozen stages keep their BatchNorm statistics), kept on the CPU in float32."""
+    was_training = backbone.training
+    backbone.eval()
+    chunks = []
+    starts = range(0, len(inputs), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"frozen prefix {label}".strip(), unit="batch", leave=False)
+    for start in starts:
+        batch = inputs.slice(start, min(start + batch_size, len(inputs)))
+        chunks.append(backbone(batch, 0, split).float().cpu())
+    backbone.train(was_training)
+    return torch.cat(chunks)
+
+
+def prefix_bytes(backbone: Any, split: int, image: torch.Tensor, count: int) -> int:
+    """Bytes that ``count`` images' prefix outputs take (from one ``image``, C×H×W float)."""
+    with torch.no_grad():
+        was_training = backbone.training
+        one = backbone.eval()(image[None], 0, split)
+        backbone.train(was_training)
+    return one.numel() * 4 * count
+
+
+def with_cached_prefix(data: FitData, backbone: Any, split: int, device: torch.device,
+                       progress: bool = False) -> FitData:
+    """``data`` with every split replaced by its frozen prefix's outputs (computed once here):
+    a network whose ``stages[:split]`` are frozen then runs only the rest at each step."""
+
+    def cache(inputs: Any, label: str) -> CachedInputs | None:
+        if inputs is None:
+            return None
+        return CachedInputs([prefix_outputs(backbone, split, inputs, progress=progress, label=label)],
+                            device)
+
+    return FitData(cache(data.labelled, "labelled"), data.labels.cpu(), cache(data.target, "target"),
+                   cache(data.monitor, "monitor"), data.monitor_labels, data.monitor_name,
+                   data.eval_batch_size)
