@@ -209,3 +209,37 @@ def test_run_backbones_take_digit_runs_of_any_method_and_refuse_backbone_runs(di
                   run_dir=tmp_path / "backbone", **settings).fit("mnist", "mnist_m")
     with pytest.raises(TransferkitError, match="not on one of the paper's digit networks"):
         build_network(f"run:{tmp_path / 'backbone'}", 10, 28, "trained", data_root=str(digit_root))
+
+
+@pytest.mark.parametrize("method", ["dann", "vada"])
+def test_frozen_stages_run_once_per_image_and_train_to_the_same_model(method, digit_root, tmp_path,
+                                                                      monkeypatch):
+    from transferkit import api
+
+    settings = {"method": method, "backbone": "resnet18", "weights": "random", "unfreeze": 1,
+                "image_size": 32, "epochs": 2, "steps_per_epoch": 3, "batch_size": 8, "device": "cpu",
+                "data_root": digit_root, "progress": False, "ema_decay": 0.9}
+    prefix_calls = []
+    real_prefix = api.with_cached_prefix
+
+    def counted(*args, **kwargs):
+        prefix_calls.append(1)
+        return real_prefix(*args, **kwargs)
+
+    monkeypatch.setattr(api, "with_cached_prefix", counted)
+    cached = DomainAdapter(**settings, run_dir=tmp_path / "cached").fit("mnist", "mnist_m")
+    monkeypatch.setattr(api, "PREFIX_CACHE_BYTES", 0)  # too little memory: the frozen stages run per step
+    stepped = DomainAdapter(**settings, run_dir=tmp_path / "stepped").fit("mnist", "mnist_m")
+    if method == "vada":  # it perturbs the images themselves: never on cached activations
+        assert not prefix_calls and cached.results_["inputs"] == "images"
+    else:
+        assert len(prefix_calls) == 1 and cached.results_["inputs"] == "frozen prefix (layer3) cached"
+    assert stepped.results_["inputs"] == "images"
+    for key in ("target_test_accuracy", "source_test_accuracy"):
+        assert cached.results_[key] == stepped.results_[key]
+    for (name, mine), theirs in zip(cached.model_.state_dict().items(),
+                                    stepped.model_.state_dict().values(), strict=True):
+        if mine.is_floating_point():  # the same sums in another order: rounding apart only
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5, msg=name)
+    assert cached.model_.network.start == 0  # images again, for predict
+    assert cached.predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2,)

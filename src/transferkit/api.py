@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import statistics
@@ -28,8 +29,16 @@ from transferkit.errors import TransferkitError
 from transferkit.methods import METHOD_NAMES, Method, SubspaceAlignment, trained_method
 from transferkit.methods.subspace_alignment import SA_FEATURES
 from transferkit.models import NETWORKS, DigitNetwork
-from transferkit.models.classifier import BOTTLENECK, build_network, is_digit_network, network_of_run
+from transferkit.models.classifier import (
+    BOTTLENECK,
+    BackboneClassifier,
+    build_network,
+    is_digit_network,
+    network_of_run,
+    reading_prefix,
+)
 from transferkit.names import GEOMETRIES
+from transferkit.training.batches import FitData, prefix_bytes, with_cached_prefix
 from transferkit.training.device import describe_machine, resolve_device
 from transferkit.training.loop import (
     CHECKPOINT,
@@ -38,6 +47,7 @@ from transferkit.training.loop import (
     TrainConfig,
     evaluate,
     fit,
+    pair_data,
     run_batches,
     weight_average,
 )
@@ -52,6 +62,11 @@ from transferkit.training.runfolder import (
     write_config,
     write_json,
 )
+
+# A backbone network with frozen stages trains on their outputs, computed once, when those take
+# at most this much memory (float32, source + target + source validation); beyond, the frozen
+# stages run at every step as the rest does.
+PREFIX_CACHE_BYTES = 4 << 30
 
 # The paper's network and input size for each of its pairs (Ganin et al. 2016, §5.2).
 PAIR_NETWORKS: dict[tuple[str, str], tuple[str, int]] = {
@@ -166,6 +181,7 @@ class AdaptedModel(torch.nn.Module):
             else:  # a run made before runs wrote it: its pair says (the data are read once)
                 prep = preprocessing(pair_of_run(config), config.get("geometry"))
                 write_json(path, prep)
+            self.record = prep  # the run's preprocessing record, as it is on disk
             self.image_size, self.geometry = int(prep["image_size"]), str(prep["geometry"])
             self.classes = tuple(prep["classes"])
             mean, std = prep["mean"], prep["std"]
@@ -189,9 +205,27 @@ class AdaptedModel(torch.nn.Module):
                                                   mode="bilinear", antialias=True, align_corners=False)
         return resized.round_().clamp_(0, 255).to(torch.uint8)[0]
 
+    def read_steps(self) -> list[dict[str, Any]]:
+        """What :meth:`read` does to a decoded RGB image, for a caller without transferkit
+        (``transferkit export`` writes it beside the model). Keep the two in step."""
+        size = [self.image_size, self.image_size]
+        if self.geometry == "center":
+            return [{"op": "center_crop_or_pad", "size": size,
+                     "does": "unless the image is already this size: centre-crop the sides longer "
+                             "than it and zero-pad the sides shorter than it, pixel scale kept; crop "
+                             "offset floor((side - size) / 2), padding floor((size - side) / 2) before "
+                             "and the rest after"}]
+        return [{"op": "resize", "size": size, "interpolation": "bilinear", "antialias": True,
+                 "does": "unless the image is already this size: resize it to exactly this size "
+                         "(aspect ratio not kept; torch.nn.functional.interpolate, bilinear, "
+                         "antialias=True, align_corners=False, on float pixels), rounded to the "
+                         "nearest integer and clipped to 0..255"}]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits of uint8 N×C×H×W images in the run's form."""
-        return self.method(images.float().div(255.0).sub(self.mean).div(self.std))
+        from transferkit.pretrained.imaging import standardise
+
+        return self.method(standardise(images.float().div(255.0), self.mean, self.std))
 
 
 # Settings a run may change when it resumes; any other difference is another run.
@@ -387,8 +421,20 @@ class DomainAdapter:
         else:
             average = (weight_average(self.model_, self.ema_decay)
                        if self.ema_decay is not None else None)
-            self.history_ = fit(self.model_, pair, self.config, self.run_dir, self.progress,
-                                average=average, clock=clock)
+            data: DomainPair | FitData = pair
+            reading: Any = contextlib.nullcontext()
+            self.inputs_ = "images"
+            if self._reads_cached_prefix(network, pair, device):
+                # the frozen stages run once per image here, not at every step of every epoch
+                self.model_.to(device)
+                data = with_cached_prefix(pair_data(self.model_, pair, device), network.backbone,
+                                          network.split, device, self.progress)
+                networks = [network] + ([average.module.network] if average is not None else [])
+                reading = reading_prefix(*networks)
+                self.inputs_ = f"frozen prefix ({network.backbone.stage_names[network.split - 1]}) cached"
+            with reading:
+                self.history_ = fit(self.model_, data, self.config, self.run_dir, self.progress,
+                                    average=average, clock=clock)
             if average is not None:  # the average is the model; the last weights stay on record
                 self.last_weights_ = self.model_
                 self.model_ = average.module
@@ -416,6 +462,19 @@ class DomainAdapter:
             else:
                 self._write_results()
         return self
+
+    def _reads_cached_prefix(self, network: Any, pair: DomainPair, device: torch.device) -> bool:
+        """Whether to train on the frozen prefix's outputs, computed once, instead of images: a
+        backbone network with frozen stages, a method that does not perturb its input images,
+        and outputs that take at most :data:`PREFIX_CACHE_BYTES`."""
+        if not isinstance(network, BackboneClassifier) or network.split == 0:
+            return False
+        if trained_method(self.method).perturbs_inputs:
+            return False
+        count = len(pair.source_train) + len(pair.target_train) + len(pair.source_test or ())
+        image = pair.normalize(pair.source_train.images[:1]).to(device)[0]
+        network.to(device)
+        return prefix_bytes(network.backbone, network.split, image, count) <= PREFIX_CACHE_BYTES
 
     @classmethod
     def load(cls, run_dir: str | Path, data_root: str | Path | None = None,
@@ -534,6 +593,7 @@ class DomainAdapter:
                             else f"weight average (EMA, decay {self.ema_decay}) at the last epoch"),
             "epochs": self.config.epochs,
             "wall_seconds": self.wall_seconds_,
+            "inputs": getattr(self, "inputs_", "images"),
             "device": str(self.device_),
             "machine": describe_machine(self.device_),
             "threads": torch.get_num_threads(),

@@ -171,6 +171,7 @@ def virtual_adversarial_divergence(classifier, images: torch.Tensor, logits: tor
 
 class VADA(DANN):
     name = "vada"
+    perturbs_inputs = True
 
     def __init__(self, network: DigitNetwork, domain_loss: str = "mean",
                  source_weight: float = SOURCE_WEIGHT, target_weight: float = TARGET_WEIGHT,

@@ -23,6 +23,8 @@ Two kinds of network keep it:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -65,9 +67,12 @@ class BackboneClassifier(nn.Module):
         self.split = backbone.split_index(unfreeze)
         for stage in backbone.stages[: self.split]:
             stage.requires_grad_(False)
+        # stages[:start] already applied to the inputs: 0 for images; ``split`` while reading
+        # the frozen prefix's cached activations (see :func:`reading_prefix`)
+        self.start = 0
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.bottleneck(self.backbone(images))
+        return self.bottleneck(self.backbone(images, self.start))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits."""
@@ -93,6 +98,19 @@ class BackboneClassifier(nn.Module):
             pretrained = self.backbone.spec.weights != "random"
             groups.append({"params": backbone, "lr_scale": BACKBONE_LR_SCALE if pretrained else 1.0})
         return groups
+
+
+@contextmanager
+def reading_prefix(*networks: BackboneClassifier) -> Iterator[None]:
+    """Inside, ``networks`` take the outputs of their frozen stages (``stages[:split]``) as
+    inputs instead of images; outside, images again."""
+    try:
+        for network in networks:
+            network.start = network.split
+        yield
+    finally:
+        for network in networks:
+            network.start = 0
 
 
 def is_digit_network(name: str) -> bool:
