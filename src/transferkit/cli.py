@@ -343,18 +343,10 @@ def _recipe(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from transferkit.pretrained.classifier import load_model
-    from transferkit.pretrained.predict import expand, predict_files
+    from transferkit.pretrained.predict import expand, load_predictor, predict_files
     from transferkit.training.device import resolve_device
 
-    config = Path(args.model) / "config.json"
-    if (Path(args.model) / "preprocessing.json").is_file() or (
-            config.is_file() and '"method"' in config.read_text(errors="replace")):
-        from transferkit.api import AdaptedModel
-
-        model = AdaptedModel(args.model)  # a transferkit adapt run
-    else:
-        model = load_model(args.model)
+    model = load_predictor(args.model)  # any run folder: adapt, extract, finetune, scratch
     files = expand(args.images)
     results = predict_files(model, files, top=args.top, device=resolve_device(args.device))
     failed = 0
@@ -370,6 +362,33 @@ def _predict(args: argparse.Namespace) -> int:
             extra = "  " + ", ".join(f"{c} {p:.3f}" for c, p in r.top[1:]) if len(r.top) > 1 else ""
             print(f"{r.path}\t{r.label}\t{r.probability:.3f}{extra}")
     return EXIT_DATA_BAD if failed else 0
+
+
+def _export_format(text: str) -> str:
+    """An argparse type: a format of ``transferkit export`` (onnx, pt2)."""
+    from transferkit.export import format_problem
+
+    problem = format_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from transferkit.export import description_path, export_run
+
+    path = export_run(args.run_dir, args.format, args.out)
+    description = json.loads(description_path(path).read_text())
+    checked = description["verified"]
+    runtime = description.get("runtime", "torch.export.load")
+    print(f"{args.format} model: {path} ({description['run_kind']} run, {len(description['classes'])} "
+          f"classes; input {'×'.join(map(str, description['input']['shape']))} float32 in [0, 1], "
+          f"output probabilities); checked with {runtime} on {checked['random_images']} random images: "
+          f"probabilities within {checked['max_abs_difference']:.1e} of PyTorch's")
+    print(f"preprocessing, classes and steps: {description_path(path)}")
+    return 0
 
 
 def _advise(args: argparse.Namespace) -> int:
@@ -634,6 +653,25 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--json", action="store_true", help="one JSON object per line")
     pred.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     pred.set_defaults(run=_predict)
+
+    exp = commands.add_parser(
+        "export", help="write a run's model as ONNX (or a torch.export program) to ship",
+        description="Write the trained model of a run folder as one file that runs without "
+                    "transferkit, and RUN_DIR/model.onnx.json (FILE.json) beside it: how to turn an "
+                    "image file into the graph's input (decode, resize, crop, / 255), the class names "
+                    "in order, and the run's normalisation, which the graph applies itself. The graph "
+                    "takes float32 N×3×S×S RGB images in [0, 1] at the run's size S (any N) and gives "
+                    "N×K class probabilities; it is loaded as predict loads the run, and checked "
+                    "against it on random images before it is written. ONNX needs "
+                    "pip install 'transferkit[export]'.")
+    exp.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of adapt, extract, finetune or scratch")
+    exp.add_argument("--format", default="onnx", type=_export_format, metavar="onnx|pt2",
+                     help="onnx (checked with onnxruntime) or pt2 (torch.export's program, for "
+                          "torch.export.load; TorchScript is deprecated in torch 2.14); default %(default)s")
+    exp.add_argument("--out", metavar="FILE",
+                     help="where to write the model (default RUN_DIR/model.onnx or RUN_DIR/model.pt2); "
+                          "its description goes to FILE.json")
+    exp.set_defaults(run=_export)
 
     adv = commands.add_parser(
         "advise", help="should I transfer, and from what? (LogME, LEEP, H-score, domain gap)",

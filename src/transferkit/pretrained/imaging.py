@@ -55,11 +55,19 @@ def identity(images: torch.Tensor) -> str:
     return digest.hexdigest()[:20]
 
 
+def standardise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """Float N×C×H×W images with values in [0, 1] → (x − mean) / std per channel, as a new
+    tensor (the input is left as it is: an exported graph's input must not be written to).
+    ``mean`` and ``std``: sequences or tensors of C values. The one normalisation of
+    ``predict``, the recipes and ``export``."""
+    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - m) / s
+
+
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    x = images.float().div_(255)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(m).div_(s)
+    """uint8 N×C×H×W pixels → :func:`standardise` of pixel / 255."""
+    return standardise(images.float().div_(255), mean, std)
 
 
 def centre(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,18 +1,30 @@
-"""Class and probability for image files, with a model saved by ``extract`` or ``finetune``."""
+"""Class and probability for image files, with the model of any run folder (``adapt``,
+``extract``, ``finetune``, ``scratch``).
+
+One path from a file to probabilities, shared with ``transferkit export``
+(:mod:`transferkit.export`): :func:`load_predictor` loads a run's model the one way each kind
+of run is loaded and returns a :class:`Predictor`: ``read`` brings an image file to the
+network's input (uint8 RGB at the run's size and geometry, ``steps`` says how in words), and
+``model`` (:class:`ProbabilityModel`) takes those pixels / 255 to class probabilities, the
+run's normalisation inside.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from transferkit.data.decode import IMAGE_SUFFIXES, image_files
 from transferkit.errors import DataError, TransferkitError
 from transferkit.pretrained import imaging
-from transferkit.pretrained.classifier import Classifier
 
 
 @dataclass
@@ -58,35 +70,121 @@ def _read(path: Path, side: int) -> torch.Tensor:
     return TF.center_crop(TF.resize(tensor, side, antialias=True), [side, side])
 
 
+class ProbabilityModel(nn.Module):
+    """A run's network with its input normalisation and a softmax: float32 N×C×S×S images,
+    pixel / 255 (values in [0, 1]), → N×K class probabilities in the order of ``classes``.
+    What ``predict`` runs, and the graph ``export`` writes."""
+
+    def __init__(self, network: nn.Module, mean, std, classes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.network, self.classes = network, tuple(classes)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).clone())
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1).clone())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(imaging.standardise(images, self.mean, self.std)).float().softmax(1)
+
+
+# How every run's images are decoded (transferkit.data.decode.read_image_file), in words.
+DECODE_STEP = {"op": "decode", "mode": "RGB",
+               "does": "Pillow: Image.open(file).convert('RGB'), 8 bits per channel (grey and palette "
+                       "images become RGB; 16-bit and float images are scaled to 8 bits first); no "
+                       "EXIF rotation"}
+SCALE_STEP = {"op": "to_float", "divide_by": 255.0,
+              "does": "float32 pixel / 255, values in [0, 1], stacked as N x 3 x H x W (channels first, RGB)"}
+
+
+@dataclass
+class Predictor:
+    """A run's model as ``predict`` uses it: ``read`` (file → uint8 3×S×S, raises
+    :class:`TransferkitError` for a file it cannot use), ``model`` (pixels / 255 →
+    probabilities), ``steps`` (from file to the model's input, in words), ``kind`` (``adapt`` or
+    the recipe) and ``record`` (the run's own preprocessing record, where it has one)."""
+
+    model: ProbabilityModel
+    read: Callable[[Path], torch.Tensor]
+    size: int
+    steps: list[dict[str, Any]]
+    kind: str
+    record: dict[str, Any] | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.model.classes
+
+
+def load_predictor(run_dir: str | Path) -> Predictor:
+    """The trained model of any run folder, loaded by that kind of run's own loader: an adapt
+    run's by :class:`transferkit.api.AdaptedModel`, a recipe run's by
+    :func:`transferkit.pretrained.classifier.load_model`; a folder that is neither is one line."""
+    run = Path(run_dir)
+    expected = "expected the folder of a transferkit adapt, extract, finetune or scratch run"
+    if not run.is_dir():
+        what = "no such folder" if not run.exists() else "a file, not a folder"
+        raise TransferkitError(f"{run}: not a saved model ({what}); {expected}")
+    config = run / "config.json"
+    if not any((run / name).is_file() for name in ("config.json", "model.json", "preprocessing.json")):
+        raise TransferkitError(f"{run}: not a saved model (no config.json or model.json); {expected}")
+    if (run / "preprocessing.json").is_file() or (
+            config.is_file() and '"method"' in config.read_text(errors="replace")):
+        from transferkit.api import AdaptedModel
+
+        adapted = AdaptedModel(run)  # a transferkit adapt run
+        network = ProbabilityModel(adapted.method, adapted.mean.flatten(), adapted.std.flatten(),
+                                   adapted.classes).eval()
+        return Predictor(network, adapted.read, adapted.image_size,
+                         [DECODE_STEP, *adapted.read_steps(), SCALE_STEP], "adapt", adapted.record)
+    from transferkit.pretrained.classifier import load_model
+
+    model = load_model(run)
+    spec = model.backbone.spec
+    size, side = spec.input_size, imaging.stored_size(spec.input_size, spec.crop_fraction)
+    steps = [DECODE_STEP,
+             {"op": "resize_shorter_side", "size": side, "interpolation": "bilinear", "antialias": True,
+              "does": "resize so that the shorter side is this long and the longer one "
+                      "int(size * longer / shorter) (torchvision transforms.v2.functional.resize on "
+                      "the uint8 3xHxW tensor, bilinear, antialias=True)"},
+             {"op": "center_crop", "size": [side, side],
+              "does": "torchvision center_crop: offset round((side - size) / 2), Python's round"},
+             {"op": "center_crop", "size": [size, size],
+              "does": f"the central {size}×{size} (crop fraction {spec.crop_fraction}); torchvision "
+                      "center_crop as above"},
+             SCALE_STEP]
+    kind = "recipe"
+    with suppress(OSError, ValueError, AttributeError):  # unreadable: only the recipe's name is lost
+        kind = str(json.loads((run / "model.json").read_text()).get("recipe", kind))
+    network = ProbabilityModel(model, spec.mean, spec.std, model.classes).eval()
+    return Predictor(network, lambda path: imaging.centre(_read(path, side), size), size, steps, kind)
+
+
 @torch.inference_mode()
 def predict_files(
-    model: Classifier,
+    predictor: Predictor,
     files: list[Path],
     batch_size: int = 32,
     top: int = 1,
     device: torch.device | None = None,
 ) -> list[Prediction]:
+    """Each file read by ``predictor.read`` and classified by ``predictor.model``, batched;
+    a file that cannot be used is a :class:`Prediction` with its ``error``, the others go on."""
     device = device or torch.device("cpu")
-    model = model.to(device).eval()
-    if hasattr(model, "read"):  # an adapt run (transferkit.api.AdaptedModel)
-        return _predict_adapted(model, files, batch_size, top, device)
-    spec = model.backbone.spec
-    size, side = spec.input_size, imaging.stored_size(spec.input_size, spec.crop_fraction)
+    model = predictor.model.to(device).eval()
     results: list[Prediction] = []
     for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
         tensors, ok = [], []
-        for path in chunk:
+        for path in files[start : start + batch_size]:
             try:
-                tensors.append(_read(path, side))
+                tensors.append(predictor.read(path))
                 ok.append(path)
+            except DataError as exc:  # the caller names the file
+                results.append(Prediction(path, None, None, [], exc.problem))
             except TransferkitError as exc:
                 results.append(Prediction(path, None, None, [], str(exc)))
         if not tensors:
             continue
-        x = imaging.normalise(imaging.centre(torch.stack(tensors), size).to(device), spec.mean, spec.std)
-        probs = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(1).cpu()
-        results += _ranked(ok, probs, model.classes, top)
+        batch = torch.stack(tensors).to(device).contiguous(memory_format=torch.channels_last)
+        probs = model(batch.float().div_(255)).cpu()
+        results += _ranked(ok, probs, predictor.classes, top)
     order = {path: i for i, path in enumerate(files)}
     return sorted(results, key=lambda r: order[r.path])
 
@@ -100,26 +198,3 @@ def _ranked(paths: list[Path], probabilities: torch.Tensor, classes: tuple[str, 
         ranked = [(classes[i], float(v)) for v, i in zip(values, index, strict=True)]
         predictions.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
     return predictions
-
-
-def _predict_adapted(model, files: list[Path], batch_size: int, top: int,
-                     device: torch.device) -> list[Prediction]:
-    """:func:`predict_files` for an adapt run: each image brought to the run's size and
-    geometry, normalised as its training images were."""
-    results: list[Prediction] = []
-    for start in range(0, len(files), batch_size):
-        tensors, ok = [], []
-        for path in files[start : start + batch_size]:
-            try:
-                tensors.append(model.read(path))
-                ok.append(path)
-            except DataError as exc:  # the caller names the file
-                results.append(Prediction(path, None, None, [], exc.problem))
-        if not tensors:
-            continue
-        batch = torch.stack(tensors).to(device).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            probs = model(batch).float().softmax(1).cpu()
-        results += _ranked(ok, probs, model.classes, top)
-    order = {path: i for i, path in enumerate(files)}
-    return sorted(results, key=lambda r: order[r.path])
