@@ -62,6 +62,7 @@ from transferkit.training.runfolder import (
     write_config,
     write_json,
 )
+from transferkit.training.runlog import check_log, open_log
 
 # A backbone network with frozen stages trains on their outputs, computed once, when those take
 # at most this much memory (float32, source + target + source validation); beyond, the frozen
@@ -304,7 +305,8 @@ class DomainAdapter:
                  binarize_source: bool = False, geometry: str | None = None,
                  ema_decay: float | None = None, progress: bool = True,
                  restart: bool = False, backbone: str | None = None, weights: str = "imagenet",
-                 unfreeze: int | str = "all", bottleneck: int | None = BOTTLENECK) -> None:
+                 unfreeze: int | str = "all", bottleneck: int | None = BOTTLENECK,
+                 log: str | None = None) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
@@ -349,6 +351,7 @@ class DomainAdapter:
         self.ema_decay = ema_decay
         self.progress = progress
         self.restart = restart
+        self.log = check_log(log)  # how the run is watched, not a setting of the run
 
     # -- fitting ------------------------------------------------------------------------------
 
@@ -432,9 +435,14 @@ class DomainAdapter:
                 networks = [network] + ([average.module.network] if average is not None else [])
                 reading = reading_prefix(*networks)
                 self.inputs_ = f"frozen prefix ({network.backbone.stage_names[network.split - 1]}) cached"
-            with reading:
-                self.history_ = fit(self.model_, data, self.config, self.run_dir, self.progress,
-                                    average=average, clock=clock)
+            run_log = open_log(self.log, self.run_dir)
+            try:
+                with reading:
+                    self.history_ = fit(self.model_, data, self.config, self.run_dir, self.progress,
+                                        average=average, clock=clock, log=run_log)
+            finally:
+                if run_log is not None:
+                    run_log.close()
             if average is not None:  # the average is the model; the last weights stay on record
                 self.last_weights_ = self.model_
                 self.model_ = average.module

@@ -222,6 +222,7 @@ def _adapt(args: argparse.Namespace) -> int:
         geometry=args.geometry, ema_decay=args.ema_decay,
         progress=not args.quiet, restart=args.restart, backbone=args.backbone,
         weights=args.weights, unfreeze=args.unfreeze, bottleneck=args.bottleneck or None,
+        log=args.log,
     ).fit(args.source, args.target)
     results = adapter.results_
     if adapter.as_recorded_ and not args.quiet:
@@ -332,7 +333,7 @@ def _recipe(args: argparse.Namespace) -> int:
         fields.update(views=1)
     config = RecipeConfig(**fields)
     out = Path(args.out or f"runs/{recipe}-{args.data.replace(':', '_').replace('/', '_')}-seed{args.seed}")
-    result = run(config, out, args.data_root, progress=not args.quiet, restart=args.restart)
+    result = run(config, out, args.data_root, progress=not args.quiet, restart=args.restart, log=args.log)
     test = f"test accuracy {result['test_accuracy']:.4f}, " if "test_accuracy" in result else ""
     print(f"{recipe} {config.backbone} on {config.data}: {test}validation {result['val_accuracy']:.4f} "
           f"({result['train_size']} training images, {result['wall_seconds']:.0f} s on {result['device']})")
@@ -462,8 +463,19 @@ def _add_recipe(commands, name: str, help_text: str, description: str) -> argpar
     parser.add_argument("--restart", action="store_true",
                         help="discard what --out holds of this run (checkpoint, metrics, model) "
                              "and train it from the start")
+    _add_log(parser)
     parser.set_defaults(run=_recipe)
     return parser
+
+
+def _add_log(parser: argparse.ArgumentParser) -> None:
+    from transferkit.training.runlog import LOGS
+
+    parser.add_argument("--log", choices=LOGS, default="none",
+                        help="watch the run live: tensorboard writes step losses, the learning "
+                             "rate and each epoch's metrics to OUT/tensorboard (then: tensorboard "
+                             "--logdir OUT/tensorboard; needs pip install 'transferkit[tensorboard]'); "
+                             "default none")
 
 
 def _benchmark_cats_vs_dogs(args: argparse.Namespace) -> int:
@@ -607,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--restart", action="store_true",
                        help="discard what --out holds of this run (checkpoint, metrics, model) and "
                             "train it from the start (a folder of other settings is still refused)")
+    _add_log(adapt)
     adapt.set_defaults(run=_adapt)
 
     reverse = commands.add_parser(

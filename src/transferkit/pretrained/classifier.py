@@ -30,6 +30,7 @@ from transferkit.training.runfolder import (
     save_tensors,
     write_json,
 )
+from transferkit.training.runlog import open_log
 
 HEADS = ("linear", "mlp")
 
@@ -135,12 +136,14 @@ def fit_stage(
     progress: bool = True,
     seed: int = 0,
     lr_flag: str = "--lr",
+    log: str | None = None,
 ) -> StageResult:
     """Train ``stages[split:]`` and the head with AdamW at a constant rate, one
     :func:`~transferkit.training.loop.fit`, and keep the epoch with the best validation
     accuracy (ties: lower validation loss), stopping after ``patience`` epochs without a
     better one. An epoch draws at least ``min_batches`` batches. With ``run_dir`` the stage is
-    checkpointed each epoch as ``checkpoint-NAME.pt`` and resumes from it."""
+    checkpointed each epoch as ``checkpoint-NAME.pt`` and resumes from it; ``log``
+    (``tensorboard``) writes the stage's steps and epochs under ``run_dir/tensorboard``."""
     objective = StageObjective(model, split, config.name, lr_flag)
     n = len(data.labels)
     batch = min(config.batch_size, max(n, StageConfig.batch_size))
@@ -150,9 +153,15 @@ def fit_stage(
         schedule="constant", selection="best", patience=config.patience,
         epoch_images=max(n, config.min_batches * batch))
     started = time.perf_counter()
-    history = fit(objective, replace(data, monitor_name="val", eval_batch_size=EVAL_BATCH), train_config,
-                  run_dir, progress, generator=generator, checkpoint_name=f"checkpoint-{config.name}.pt",
-                  earlier=earlier, stage=config.name)
+    run_log = open_log(log, run_dir, prefix=config.name)
+    try:
+        history = fit(objective, replace(data, monitor_name="val", eval_batch_size=EVAL_BATCH),
+                      train_config, run_dir, progress, generator=generator,
+                      checkpoint_name=f"checkpoint-{config.name}.pt", earlier=earlier,
+                      stage=config.name, log=run_log)
+    finally:
+        if run_log is not None:
+            run_log.close()
     for p in model.parameters():
         p.requires_grad_(False)
     best = best_record(history, "val")

@@ -53,6 +53,7 @@ from transferkit.training.runfolder import (
     write_config,
     write_json,
 )
+from transferkit.training.runlog import check_log
 
 RECIPES = ("extract", "finetune", "scratch")
 VAL_NAMES = ("val", "valid", "validation")
@@ -195,6 +196,7 @@ def run(
     splits: Splits | None = None,
     prepared: dict[str, torch.Tensor] | None = None,
     restart: bool = False,
+    log: str | None = None,
 ) -> dict[str, Any]:
     """Run one recipe; returns (and writes) its metrics. ``splits``/``prepared`` let a
     benchmark reuse decoded and resized images across runs.
@@ -202,13 +204,16 @@ def run(
     ``out`` is locked while the run writes it (another process writing it is refused). A
     finished run of the same settings there is returned as it was, not trained again, unless
     ``restart``, which discards its model and metrics and trains it again; a finished run of
-    other settings is refused either way.
+    other settings is refused either way. ``log="tensorboard"`` writes each stage's steps and
+    epochs under ``out/tensorboard`` (:mod:`transferkit.training.runlog`; not a setting of the
+    run).
     """
     config.check()
+    check_log(log)
     started = time.perf_counter()
     out = Path(out)
     with locked(out):
-        return _run(config, out, data_root, progress, splits, prepared, restart, started)
+        return _run(config, out, data_root, progress, splits, prepared, restart, started, log)
 
 
 def _run(
@@ -220,6 +225,7 @@ def _run(
     prepared: dict[str, torch.Tensor] | None,
     restart: bool,
     started: float,
+    log: str | None = None,
 ) -> dict[str, Any]:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -312,7 +318,8 @@ def _run(
         data = FitData(train_in, y_train, monitor=val_in, monitor_labels=labels["val"])
         earlier = [record for done in stages for record in done.history]
         stages.append(fit_stage(model, split, data, stage, generator, device, out, earlier, progress,
-                                config.seed, "--finetune-lr" if stage.name == "finetune" else "--lr"))
+                                config.seed, "--finetune-lr" if stage.name == "finetune" else "--lr",
+                                log))
 
     head_config = StageConfig(
         "head", config.epochs, config.learning_rate, patience=config.patience, batch_size=config.batch_size

@@ -57,6 +57,7 @@ from transferkit.training.batches import FitData, InMemory, Inputs
 from transferkit.training.checkpoint import corrupt_checkpoint, load_checkpoint, save_checkpoint
 from transferkit.training.device import resolve_device
 from transferkit.training.runfolder import NonFiniteError, non_finite, write_text
+from transferkit.training.runlog import STEP_EVERY, RunLog
 from transferkit.training.schedules import annealed_learning_rate
 
 CHECKPOINT = "checkpoint.pt"
@@ -371,7 +372,8 @@ def _optimizer(method: Method, config: TrainConfig) -> torch.optim.Optimizer:
 def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir: Path | None = None,
         progress: bool = True, average: AveragedModel | None = None, clock: RunClock | None = None,
         *, generator: torch.Generator | None = None, checkpoint_name: str = CHECKPOINT,
-        earlier: list[dict[str, Any]] | tuple = (), stage: str | None = None) -> list[dict[str, Any]]:
+        earlier: list[dict[str, Any]] | tuple = (), stage: str | None = None,
+        log: RunLog | None = None) -> list[dict[str, Any]]:
     """Train ``method``; returns one dict of metrics per epoch.
 
     ``data`` is a :class:`~transferkit.data.pairs.DomainPair` (the method's labelled split and,
@@ -388,6 +390,9 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
     written before this stage's in ``metrics.jsonl``; ``stage`` names each record. A stage
     already finished in its checkpoint is not trained again: its weights (the selected epoch's)
     are loaded and its records returned.
+
+    ``log`` (:mod:`transferkit.training.runlog`) is given the losses and learning rate of every
+    :data:`~transferkit.training.runlog.STEP_EVERY`-th step and each epoch's record.
     """
     clock = clock if clock is not None else RunClock()
     device = resolve_device(config.device)
@@ -521,9 +526,12 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
                 average.update_parameters(method)
             for key, value in values.items():  # summed where they are: no wait per step
                 sums[key] = sums[key] + value.detach().double()
-            if progress and step % 20 == 0:
+            if progress and step % STEP_EVERY == 0:
                 bar.set_postfix({k: f"{float(v) / (step + 1):.3f}" for k, v in sums.items()
                                  if k != "grl_coefficient"})
+            if log is not None and global_step % STEP_EVERY == 0:
+                log.step(global_step + 1, {**{k: float(v.detach()) for k, v in values.items()},
+                                           "learning_rate": learning_rate})
         if target is not None:
             generator.set_state(target_generator.get_state())
         if device.type == "cuda":
@@ -552,6 +560,8 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
             best = record
             best_state = {k: v.detach().clone() for k, v in trained_state().items()}
         history.append(record)
+        if log is not None:
+            log.epoch((epoch + 1) * steps_per_epoch, record)
         if run_dir is not None:
             assert checkpoint_path is not None
             snapshot = {"model": trained_state(), "optimizer": optimizer.state_dict(),
