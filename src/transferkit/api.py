@@ -13,7 +13,7 @@ import json
 import resource
 import statistics
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from transferkit.models.classifier import (
     reading_prefix,
 )
 from transferkit.names import GEOMETRIES
+from transferkit.training import distributed
 from transferkit.training.batches import FitData, prefix_bytes, with_cached_prefix
 from transferkit.training.device import describe_machine, resolve_device
 from transferkit.training.loop import (
@@ -362,9 +363,11 @@ class DomainAdapter:
         metrics and model are discarded first and it trains from the start), and a folder
         holding a run of other settings is refused."""
         clock = RunClock()
+        # under torchrun: join the process group; rank 0 alone holds the lock and writes
+        self.config = replace(self.config, device=distributed.setup(self.config.device))
         if self.run_dir is None:
             return self._fit(source, target, clock)
-        with locked(self.run_dir):
+        with distributed.writer_only(locked(self.run_dir)):
             return self._fit(source, target, clock)
 
     def _fit(self, source: str | DomainPair, target: str | None, clock: RunClock) -> DomainAdapter:
@@ -403,11 +406,13 @@ class DomainAdapter:
         finished_seconds = None
         if self.run_dir is not None:
             record = self.run_settings(pair.source, pair.target, pair.image_size)
-            check_same_run(self.run_dir, record, unreadable_ok=self.restart)
-            if self.restart:
-                discard(self.run_dir, DISCARDED_ON_RESTART)
-            finished_seconds = previous_wall_seconds(self.run_dir)
-            write_config(self.run_dir, record)
+            if distributed.is_writer():
+                check_same_run(self.run_dir, record, unreadable_ok=self.restart)
+                if self.restart:
+                    discard(self.run_dir, DISCARDED_ON_RESTART)
+                finished_seconds = previous_wall_seconds(self.run_dir)
+                write_config(self.run_dir, record)
+            distributed.barrier()  # the other ranks read the folder rank 0 has settled
 
         self.last_weights_: Method | None = None  # set when the model is a weight average
         self.model_ = trained_method(self.method)(network)
@@ -467,8 +472,10 @@ class DomainAdapter:
                     self.as_recorded_ = True
                 except (OSError, json.JSONDecodeError):
                     self._write_results()
-            else:
+            elif distributed.is_writer():
                 self._write_results()
+            else:  # the same results; rank 0 writes them
+                self.results_ = self.results()
         return self
 
     def _reads_cached_prefix(self, network: Any, pair: DomainPair, device: torch.device) -> bool:

@@ -44,6 +44,7 @@ from transferkit.pretrained.classifier import (
     make_head,
     save_model,
 )
+from transferkit.training import distributed
 from transferkit.training.batches import CachedInputs, FitData, OnlineInputs
 from transferkit.training.device import resolve_device
 from transferkit.training.runfolder import (
@@ -212,7 +213,9 @@ def run(
     check_log(log)
     started = time.perf_counter()
     out = Path(out)
-    with locked(out):
+    # under torchrun: join the process group; rank 0 alone holds the lock and writes
+    config = replace(config, device=distributed.setup(config.device))
+    with distributed.writer_only(locked(out)):
         return _run(config, out, data_root, progress, splits, prepared, restart, started, log)
 
 
@@ -237,10 +240,12 @@ def _run(
     size = backbone.spec.input_size
     _check_input_size(backbone, size, device)
     record = {**asdict(config), "weights": weights, "input_size": size}
-    check_same_settings(out, record, FINISHED_FILES + CHECKPOINTS, unreadable_ok=restart)
-    if restart:
-        discard(out, RUN_FILES)
-    else:
+    if distributed.is_writer():
+        check_same_settings(out, record, FINISHED_FILES + CHECKPOINTS, unreadable_ok=restart)
+        if restart:
+            discard(out, RUN_FILES)
+    distributed.barrier()  # the other ranks read the folder rank 0 has settled
+    if not restart:
         finished = _finished(out)
         if finished is not None:  # the same settings, finished: kept as it is
             if progress:
@@ -248,7 +253,8 @@ def _run(
                       "(--restart trains it again)", file=sys.stderr)
             return finished
     splits = splits or load_splits(config.data, data_root)
-    write_config(out, record)
+    if distributed.is_writer():
+        write_config(out, record)
     if prepared is None:
         prepared = {
             name: imaging.prepare(s, size, progress, backbone.spec.crop_fraction)
@@ -393,6 +399,8 @@ def _run(
         result["test_accuracy"] = accuracy
         result["test_size"] = len(labels["test"])
     result["wall_seconds"] = time.perf_counter() - started
+    if not distributed.is_writer():  # rank 0 writes the model and the metrics
+        return result
     save_model(model, out, {"recipe": config.recipe, "data": config.data})
     write_json(out / "metrics.json", result)  # last: the mark of a finished run
     for name in CHECKPOINTS:  # the model and metrics hold all a finished run needs

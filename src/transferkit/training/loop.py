@@ -53,6 +53,7 @@ from tqdm import tqdm
 from transferkit.data.pairs import DomainPair, DomainSplit
 from transferkit.errors import TransferkitError
 from transferkit.methods.base import Method
+from transferkit.training import distributed
 from transferkit.training.batches import FitData, InMemory, Inputs
 from transferkit.training.checkpoint import corrupt_checkpoint, load_checkpoint, save_checkpoint
 from transferkit.training.device import resolve_device
@@ -333,6 +334,34 @@ def weight_average(method: Method, decay: float) -> AveragedModel:
     return _HostCountedAverage(method, decay)
 
 
+class _Losses(torch.nn.Module):
+    """A method's step as a module call, for DistributedDataParallel (which averages the
+    gradients of what its forward computed)."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, target_images: torch.Tensor | None,
+                progress: float) -> dict[str, torch.Tensor]:
+        return self.method.losses(images, labels, target_images, progress)
+
+
+def _distributed_losses(method: Method, device: torch.device) -> Any:
+    """``method.losses`` under DistributedDataParallel. Parameters a method leaves unused in a
+    step (Source-only beside the digit network's domain classifier) are allowed."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if method.perturbs_inputs:
+        raise TransferkitError(f"--method {method.name} under torchrun: its input-perturbation passes are "
+                               "not supported across processes yet; run it in one process")
+    if device.type == "cuda":  # BatchNorm statistics over the global batch (CPUs: per process)
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    wrapped = DistributedDataParallel(_Losses(method), device_ids=[device] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+    return wrapped
+
+
 def _better(record: dict[str, Any], best: dict[str, Any] | None, name: str) -> bool:
     """Whether ``record``'s monitored accuracy beats ``best``'s (ties: a lower loss)."""
     if best is None:
@@ -413,12 +442,16 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
     if batch < config.batch_size and progress:
         tqdm.write(f"transferkit: --batch-size {config.batch_size} is more than the {len(labelled)} "
                    f"labelled images: batches of {batch}")
+    # Under torchrun each of the W processes takes its share of a global batch of W × batch
+    # (training/distributed.py); one process: the global batch is the batch.
+    rank, world = distributed.rank(), distributed.world_size()
+    global_batch = batch * world
     if config.epoch_images is not None:
         count = config.epoch_images
-        steps_per_epoch = math.ceil(count / batch)
+        steps_per_epoch = math.ceil(count / global_batch)
     else:
-        steps_per_epoch = config.steps_per_epoch or max(1, len(labelled) // batch)
-        count = steps_per_epoch * batch
+        steps_per_epoch = config.steps_per_epoch or max(1, len(labelled) // global_batch)
+        count = steps_per_epoch * global_batch
     total_steps = config.epochs * steps_per_epoch
     optimizer = _optimizer(method, config)
     generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
@@ -481,11 +514,14 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
         if bad:
             raise corrupt_checkpoint(checkpoint_path, f"{bad[0]} holds NaN or infinite values")
         clock.before = seconds
-    if run_dir is not None:  # rewrite from the checkpoint: a line after it is not trusted
-        _write_lines(run_dir / METRICS_LINES, earlier + history)
+    if run_dir is not None and distributed.is_writer():  # rewrite from the checkpoint: a line
+        _write_lines(run_dir / METRICS_LINES, earlier + history)  # after it is not trusted
 
     method.train()
     best = best_record(history, name) if config.selection == "best" else None
+    step_losses = _distributed_losses(method, device) if world > 1 else method.losses
+    writer = distributed.is_writer()
+    progress = progress and writer
     for epoch in range(len(history), config.epochs):
         if _stopped_early(history, config, name):
             break
@@ -509,16 +545,23 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate * group.get("lr_scale", 1.0)
             data_start = time.perf_counter()
-            size = min(batch, count - step * batch)
+            size = min(global_batch, count - step * global_batch)
             chosen = labelled_order.take(size)
+            target_chosen = target_order.take(size) if target is not None else None
+            if world > 1:  # this process's share of the global batch
+                if size < world:
+                    continue  # a last partial batch too small to share: skipped by every process
+                chosen = torch.tensor_split(chosen, world)[rank]
+                if target_chosen is not None:
+                    target_chosen = torch.tensor_split(target_chosen, world)[rank]
             images = labelled.batch(chosen, epoch)
             labels = data.labels[chosen].to(device, non_blocking=True)
             target_images = None
-            if target is not None:
-                target_images = target.batch(target_order.take(size), epoch)
+            if target_chosen is not None:
+                target_images = target.batch(target_chosen, epoch)
             data_seconds += time.perf_counter() - data_start
 
-            values = method.losses(images, labels, target_images, progress_p)
+            values = step_losses(images, labels, target_images, progress_p)
             optimizer.zero_grad(set_to_none=True)
             values["loss"].backward()
             optimizer.step()
@@ -562,7 +605,7 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
         history.append(record)
         if log is not None:
             log.epoch((epoch + 1) * steps_per_epoch, record)
-        if run_dir is not None:
+        if run_dir is not None and writer:
             assert checkpoint_path is not None
             snapshot = {"model": trained_state(), "optimizer": optimizer.state_dict(),
                         "generator": generator.get_state(), "history": history,

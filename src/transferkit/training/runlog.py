@@ -79,6 +79,8 @@ def check_log(kind: str | None) -> str | None:
 
 def open_log(kind: str | None, run_dir: Path | None, prefix: str = "") -> RunLog | None:
     """The log ``kind`` of a run in ``run_dir`` (None: no log, or no run folder to keep it)."""
-    if check_log(kind) is None or run_dir is None:
-        return None
+    from transferkit.training import distributed
+
+    if check_log(kind) is None or run_dir is None or not distributed.is_writer():
+        return None  # under torchrun rank 0 alone logs
     return TensorBoardLog(run_dir / FOLDER, prefix)
