@@ -307,7 +307,7 @@ class DomainAdapter:
                  ema_decay: float | None = None, progress: bool = True,
                  restart: bool = False, backbone: str | None = None, weights: str = "imagenet",
                  unfreeze: int | str = "all", bottleneck: int | None = BOTTLENECK,
-                 log: str | None = None) -> None:
+                 log: str | None = None, precision: str | None = None) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
@@ -338,7 +338,8 @@ class DomainAdapter:
         self.image_size = image_size
         self.config = TrainConfig(epochs=epochs, batch_size=batch_size,
                                   learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
-                                  seed=seed, device=device)
+                                  seed=seed, device=device,
+                                  precision=None if precision in (None, "fp32") else precision)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.data_root = data_root
         self.init_from = Path(init_from) if init_from is not None else None

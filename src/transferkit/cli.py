@@ -222,7 +222,7 @@ def _adapt(args: argparse.Namespace) -> int:
         geometry=args.geometry, ema_decay=args.ema_decay,
         progress=not args.quiet, restart=args.restart, backbone=args.backbone,
         weights=args.weights, unfreeze=args.unfreeze, bottleneck=args.bottleneck or None,
-        log=args.log,
+        log=args.log, precision=args.precision,
     ).fit(args.source, args.target)
     results = adapter.results_
     if adapter.as_recorded_ and not args.quiet:
@@ -325,7 +325,8 @@ def _recipe(args: argparse.Namespace) -> int:
               "image_size": args.image_size, "head": args.head, "epochs": args.epochs,
               "learning_rate": args.lr, "batch_size": args.batch_size, "patience": args.patience,
               "train_size": args.train_size, "seed": args.seed, "device": args.device,
-              "flip": not args.no_flip}
+              "flip": not args.no_flip,
+              "precision": None if args.precision == "fp32" else args.precision}
     if recipe == "finetune":
         fields.update(views=args.views, unfreeze=args.unfreeze, finetune_epochs=args.finetune_epochs,
                       finetune_learning_rate=args.finetune_lr)
@@ -463,14 +464,19 @@ def _add_recipe(commands, name: str, help_text: str, description: str) -> argpar
     parser.add_argument("--restart", action="store_true",
                         help="discard what --out holds of this run (checkpoint, metrics, model) "
                              "and train it from the start")
-    _add_log(parser)
+    _add_run_options(parser)
     parser.set_defaults(run=_recipe)
     return parser
 
 
-def _add_log(parser: argparse.ArgumentParser) -> None:
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    from transferkit.training.loop import PRECISIONS
     from transferkit.training.runlog import LOGS
 
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="training steps under autocast: bf16 (GPUs and recent CPUs) or fp16 "
+                             "(GPUs, with a gradient scaler); evaluation stays float32; default "
+                             "fp32")
     parser.add_argument("--log", choices=LOGS, default="none",
                         help="watch the run live: tensorboard writes step losses, the learning "
                              "rate and each epoch's metrics to OUT/tensorboard (then: tensorboard "
@@ -619,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--restart", action="store_true",
                        help="discard what --out holds of this run (checkpoint, metrics, model) and "
                             "train it from the start (a folder of other settings is still refused)")
-    _add_log(adapt)
+    _add_run_options(adapt)
     adapt.set_defaults(run=_adapt)
 
     reverse = commands.add_parser(

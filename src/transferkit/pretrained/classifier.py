@@ -69,6 +69,7 @@ class StageConfig:
     patience: int = 5
     batch_size: int = 32
     min_batches: int = 10  # an "epoch" of a tiny training set repeats it to at least this many batches
+    precision: str | None = None  # None: float32 (see transferkit.training.loop.TrainConfig)
 
 
 @dataclass
@@ -151,7 +152,8 @@ def fit_stage(
         epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
         seed=seed, device=str(device), optimizer="adamw", weight_decay=config.weight_decay,
         schedule="constant", selection="best", patience=config.patience,
-        epoch_images=max(n, config.min_batches * batch))
+        epoch_images=max(n, config.min_batches * batch),
+        precision=None if config.precision in (None, "fp32") else config.precision)
     started = time.perf_counter()
     run_log = open_log(log, run_dir, prefix=config.name)
     try:

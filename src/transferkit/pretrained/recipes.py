@@ -80,6 +80,7 @@ class RecipeConfig:
     flip: bool = True  # horizontal flips in augmentation (off for digits, text)
     seed: int = 0
     device: str = "auto"
+    precision: str | None = None  # None: float32; bf16 or fp16 autocast (training/loop.TrainConfig)
 
     def check(self) -> None:
         if self.recipe not in RECIPES:
@@ -328,7 +329,8 @@ def _run(
                                 log))
 
     head_config = StageConfig(
-        "head", config.epochs, config.learning_rate, patience=config.patience, batch_size=config.batch_size
+        "head", config.epochs, config.learning_rate, patience=config.patience, batch_size=config.batch_size,
+        precision=config.precision,
     )
     if config.recipe == "scratch":
         split = 0
@@ -363,6 +365,7 @@ def _run(
                     config.finetune_learning_rate,
                     patience=config.patience,
                     batch_size=config.batch_size,
+                    precision=config.precision,
                 ),
             )
     result: dict[str, Any] = {

@@ -36,6 +36,7 @@ as drawing the whole epoch at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -72,6 +73,8 @@ class SettingError(TransferkitError, ValueError):
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("annealed", "constant")
 SELECTIONS = ("last", "best")
+PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,10 @@ class TrainConfig:
       best accuracy on the monitored labelled split, ties to the lower loss; never target
       data), with ``patience``: stop after that many epochs without a better one;
     - ``epoch_images``: images drawn per epoch, the last batch partial (overrides
-      ``steps_per_epoch``).
+      ``steps_per_epoch``);
+    - ``precision``: None or "fp32", or "bf16" / "fp16": each training step's forward pass under
+      autocast in that type (losses and softmaxes stay float32, as autocast keeps them; fp16
+      with a gradient scaler, on GPUs only); evaluation stays float32.
     """
 
     epochs: int = 10
@@ -105,6 +111,7 @@ class TrainConfig:
     selection: str | None = None
     patience: int | None = None
     epoch_images: int | None = None
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -126,7 +133,7 @@ class TrainConfig:
         if self.weight_decay is not None and not (_finite(self.weight_decay) and self.weight_decay >= 0):
             raise SettingError(f"weight decay {self.weight_decay}: expected a finite number ≥ 0")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("selection", SELECTIONS)):
+                              ("selection", SELECTIONS), ("precision", PRECISIONS)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise SettingError(f"{name} {value!r}: expected one of {', '.join(allowed)}")
@@ -362,6 +369,19 @@ def _distributed_losses(method: Method, device: torch.device) -> Any:
     return wrapped
 
 
+def _autocast_dtype(config: TrainConfig, method: Method, device: torch.device) -> torch.dtype | None:
+    """The autocast type of ``config.precision`` (None: float32 throughout), or one line for a
+    combination that does not run."""
+    if config.precision in (None, "fp32"):
+        return None
+    if config.precision == "fp16" and device.type != "cuda":
+        raise SettingError("--precision fp16: needs a GPU (--device cuda); on a CPU use bf16")
+    if method.perturbs_inputs:
+        raise SettingError(f"--precision {config.precision}: --method {method.name} computes its "
+                           "adversarial direction to float32 precision; train it in fp32")
+    return AUTOCAST[config.precision]
+
+
 def _better(record: dict[str, Any], best: dict[str, Any] | None, name: str) -> bool:
     """Whether ``record``'s monitored accuracy beats ``best``'s (ties: a lower loss)."""
     if best is None:
@@ -520,6 +540,10 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
     method.train()
     best = best_record(history, name) if config.selection == "best" else None
     step_losses = _distributed_losses(method, device) if world > 1 else method.losses
+    autocast_dtype = _autocast_dtype(config, method, device)
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+    if scaler is not None and state is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     writer = distributed.is_writer()
     progress = progress and writer
     for epoch in range(len(history), config.epochs):
@@ -561,10 +585,17 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
                 target_images = target.batch(target_chosen, epoch)
             data_seconds += time.perf_counter() - data_start
 
-            values = step_losses(images, labels, target_images, progress_p)
+            with (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                  else contextlib.nullcontext()):
+                values = step_losses(images, labels, target_images, progress_p)
             optimizer.zero_grad(set_to_none=True)
-            values["loss"].backward()
-            optimizer.step()
+            if scaler is not None:  # fp16: the loss scaled up so small gradients survive
+                scaler.scale(values["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                values["loss"].backward()
+                optimizer.step()
             if average is not None:
                 average.update_parameters(method)
             for key, value in values.items():  # summed where they are: no wait per step
@@ -615,6 +646,8 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
                 snapshot["average"] = average.state_dict()
             if best_state is not None:
                 snapshot["best"] = best_state
+            if scaler is not None:
+                snapshot["scaler"] = scaler.state_dict()
             if hasattr(labelled, "state") and labelled.state() is not None:
                 snapshot["inputs"] = labelled.state()
             save_checkpoint(checkpoint_path, snapshot)
