@@ -98,6 +98,7 @@ def test_a_run_whose_rank_dies_resumes_from_its_checkpoint(root, single, tmp_pat
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert [h["epoch"] for h in state["history"]] == [1]
     assert not (out / "model.safetensors").exists()
+    assert main(adapt(out, root, 8)) == 2  # one process cannot resume what two trained
     done = torchrun(adapt(out, root, 8))  # the same command again
     assert done.returncode == 0, done.stderr[-2000:]
     same_model(single, out)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from transferkit.cli import main
+from transferkit.errors import TransferkitError
 from transferkit.methods.source_only import SourceOnly
 from transferkit.pretrained.recipes import CHECKPOINTS, RecipeConfig, run
 from transferkit.training import loop
@@ -59,6 +60,21 @@ def test_a_finetune_run_interrupted_in_either_stage_resumes_to_the_same_model(ph
         # checkpoints hold what the stage trains, not the frozen stages
         head = torch.load(out / "checkpoint-head.pt", weights_only=True)["model"]
         assert head and all(key.startswith("network.head.") for key in head)
+        if count == 1:  # nor on frozen layers other than the ones it trained on
+            from transferkit.pretrained import recipes
+
+            real_build = recipes.build_backbone
+
+            def other_weights(*args, real_build=real_build, **kwargs):
+                backbone = real_build(*args, **kwargs)
+                with torch.no_grad():
+                    next(backbone.parameters()).add_(0.01)
+                return backbone
+
+            monkeypatch.setattr(recipes, "build_backbone", other_weights)
+            with pytest.raises(TransferkitError, match="the frozen layers here differ"):
+                run(config, out, progress=False)
+            monkeypatch.setattr(recipes, "build_backbone", real_build)
         if count == 3:  # a partly trained run is not continued with other settings
             assert main(["finetune", "--data", f"folder:{photos}", "--backbone", "small_convnet",
                          "--weights", "random", "--image-size", "48", "--head", "mlp", "--views", "0",

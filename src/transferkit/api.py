@@ -364,6 +364,9 @@ class DomainAdapter:
         metrics and model are discarded first and it trains from the start), and a folder
         holding a run of other settings is refused."""
         clock = RunClock()
+        if distributed.launched() and trained_method(self.method).perturbs_inputs:
+            raise TransferkitError(f"--method {self.method} under torchrun: its input-perturbation "
+                                   "passes are not supported across processes yet; run it in one process")
         # under torchrun: join the process group; rank 0 alone holds the lock and writes
         self.config = replace(self.config, device=distributed.setup(self.config.device))
         if self.run_dir is None:
@@ -472,7 +475,10 @@ class DomainAdapter:
                     self.results_ = json.loads(finished.read_text())
                     self.as_recorded_ = True
                 except (OSError, json.JSONDecodeError):
-                    self._write_results()
+                    if distributed.is_writer():
+                        self._write_results()
+                    else:
+                        self.results_ = self.results()
             elif distributed.is_writer():
                 self._write_results()
             else:  # the same results; rank 0 writes them

@@ -773,12 +773,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that run under torchrun (training/distributed.py).
+DISTRIBUTED_COMMANDS = ("adapt", "extract", "finetune", "scratch")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from transferkit.data.decode import decode_progress
 
     try:
+        from transferkit.training import distributed
+
+        if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
+            raise TransferkitError(f"{args.command} under torchrun: only {', '.join(DISTRIBUTED_COMMANDS)} "
+                                   "train across processes; run it as one process")
         with decode_progress(not getattr(args, "quiet", False)):
             return args.run(args)
     except TransferkitError as exc:

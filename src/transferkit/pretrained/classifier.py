@@ -149,7 +149,7 @@ def fit_stage(
     n = len(data.labels)
     batch = min(config.batch_size, max(n, StageConfig.batch_size))
     train_config = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        epochs=config.epochs, batch_size=batch, learning_rate=config.learning_rate,
         seed=seed, device=str(device), optimizer="adamw", weight_decay=config.weight_decay,
         schedule="constant", selection="best", patience=config.patience,
         epoch_images=max(n, config.min_batches * batch),

@@ -247,7 +247,8 @@ def _run(
             discard(out, RUN_FILES)
     distributed.barrier()  # the other ranks read the folder rank 0 has settled
     if not restart:
-        finished = _finished(out)
+        finished = _finished(out) if distributed.is_writer() else None
+        finished = distributed.broadcast_object(finished)  # rank 0's folder decides
         if finished is not None:  # the same settings, finished: kept as it is
             if progress:
                 print(f"transferkit: {out} holds this run, finished: reported as recorded "

@@ -102,3 +102,13 @@ def broadcast_flag(value: bool) -> bool:
     flag = torch.tensor([int(value)])
     dist.broadcast(flag, 0)
     return bool(flag.item())
+
+
+def broadcast_object(value: object) -> object:
+    """Rank 0's ``value`` (any picklable object, such as a checkpoint it alone read) on every
+    rank: the ranks decide from the same state even without a shared folder."""
+    if not active():
+        return value
+    holder = [value if rank() == 0 else None]
+    dist.broadcast_object_list(holder, 0)
+    return holder[0]

@@ -56,7 +56,12 @@ from transferkit.errors import TransferkitError
 from transferkit.methods.base import Method
 from transferkit.training import distributed
 from transferkit.training.batches import FitData, InMemory, Inputs
-from transferkit.training.checkpoint import corrupt_checkpoint, load_checkpoint, save_checkpoint
+from transferkit.training.checkpoint import (
+    content_digest,
+    corrupt_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from transferkit.training.device import resolve_device
 from transferkit.training.runfolder import NonFiniteError, non_finite, write_text
 from transferkit.training.runlog import STEP_EVERY, RunLog
@@ -382,6 +387,10 @@ def _autocast_dtype(config: TrainConfig, method: Method, device: torch.device) -
     return AUTOCAST[config.precision]
 
 
+def _rank_seed(seed: int, rank: int, epoch: int) -> int:
+    return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**63)
+
+
 def _better(record: dict[str, Any], best: dict[str, Any] | None, name: str) -> bool:
     """Whether ``record``'s monitored accuracy beats ``best``'s (ties: a lower loss)."""
     if best is None:
@@ -493,8 +502,15 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
         if missing or result.unexpected_keys:
             raise KeyError(f"missing {sorted(missing)[:3]}, unexpected {result.unexpected_keys[:3]}")
 
+    # A hash of the frozen tensors: a resumed run must find the prefix it trained on (not, say,
+    # newer pretrained weights of the same name).
+    frozen_state = {k: v for k, v in method.state_dict().items() if k in frozen}
+    frozen_digest = content_digest(frozen_state) if frozen_state else None
+
     checkpoint_path = run_dir / checkpoint_name if run_dir is not None else None
-    state = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    state = (load_checkpoint(checkpoint_path)
+             if checkpoint_path is not None and distributed.is_writer() else None)
+    state = distributed.broadcast_object(state)  # under torchrun: rank 0's checkpoint everywhere
     if state is not None:
         assert checkpoint_path is not None
         # the checkpoint's own record of its settings: a run folder that lost its config.json
@@ -508,6 +524,14 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
                 raise TransferkitError(f"{checkpoint_path} was made with other settings "
                                        f"({'; '.join(changed)}): choose another --out, or rerun "
                                        "with --restart to train this run from the start")
+        if state.get("world_size", 1) != world:
+            raise TransferkitError(f"{checkpoint_path} was trained by {state.get('world_size', 1)} "
+                                   f"process(es), here {world}: the global batch would change; resume "
+                                   "it with as many, or rerun with --restart")
+        if frozen_digest is not None and state.get("frozen_digest", frozen_digest) != frozen_digest:
+            raise TransferkitError(f"{checkpoint_path}: the frozen layers here differ from the ones "
+                                   "this run trained on (new pretrained weights, or another run:DIR?); "
+                                   "rerun with --restart to train it again on these")
         if average is not None and "average" not in state:
             raise TransferkitError(f"{checkpoint_path}: made without a weight average; it cannot "
                                    "resume a run that keeps one (remove the folder, or choose "
@@ -523,6 +547,8 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
                 best_state = state["best"]
             if "torch_rng" in state:  # dropout and other draws from torch's global generator
                 torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
             if hasattr(labelled, "load_state"):
                 labelled.load_state(state.get("inputs"))
             bad = (non_finite(state["model"]) + non_finite(state.get("average", {}))
@@ -549,6 +575,10 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
     for epoch in range(len(history), config.epochs):
         if _stopped_early(history, config, name):
             break
+        if rank > 0:  # other processes draw their own dropout masks and crops, per epoch
+            torch.manual_seed(_rank_seed(config.seed, rank, epoch))
+            if getattr(labelled, "generator", None) is not None:
+                labelled.generator.manual_seed(_rank_seed(config.seed + 1, rank, epoch))
         labelled_order = _EpochOrder(len(labelled), count, generator, labelled.index_device)
         if target is not None:  # the target's passes follow the labelled ones in the sequence
             target_generator = torch.Generator()
@@ -630,6 +660,9 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
             if average is not None:
                 record["average_val_accuracy"] = scores(average.module, data.monitor,
                                                         data.monitor_labels, data.eval_batch_size)[0]
+        # under torchrun every process goes on from rank 0's record (its share's losses, its
+        # evaluation), so that choosing and stopping are decided alike everywhere
+        record = distributed.broadcast_object(record)  # type: ignore[assignment]
         if config.selection == "best" and _better(record, best, name):
             best = record
             best_state = {k: v.detach().clone() for k, v in trained_state().items()}
@@ -641,7 +674,11 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
             snapshot = {"model": trained_state(), "optimizer": optimizer.state_dict(),
                         "generator": generator.get_state(), "history": history,
                         "config": asdict(config), "wall_seconds": clock.total(),
-                        "torch_rng": torch.get_rng_state()}
+                        "torch_rng": torch.get_rng_state(), "world_size": world}
+            if device.type == "cuda":
+                snapshot["cuda_rng"] = torch.cuda.get_rng_state(device)
+            if frozen_digest is not None:
+                snapshot["frozen_digest"] = frozen_digest
             if average is not None:
                 snapshot["average"] = average.state_dict()
             if best_state is not None:
