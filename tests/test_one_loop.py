@@ -57,6 +57,7 @@ def test_a_finetune_run_interrupted_in_either_stage_resumes_to_the_same_model(ph
                 for name in CHECKPOINTS if (out / name).exists()}
         assert kept == ({"checkpoint-head.pt": 1} if count == 1
                         else {"checkpoint-head.pt": 2, "checkpoint-finetune.pt": 1})
+        spent = max(torch.load(out / name, weights_only=True)["wall_seconds"] for name in kept)
         # checkpoints hold what the stage trains, not the frozen stages
         head = torch.load(out / "checkpoint-head.pt", weights_only=True)["model"]
         assert head and all(key.startswith("network.head.") for key in head)
@@ -85,6 +86,7 @@ def test_a_finetune_run_interrupted_in_either_stage_resumes_to_the_same_model(ph
                 capsys.readouterr().err
         resumed = run(config, out, progress=False)
         assert resumed["val_accuracy"] == whole["val_accuracy"]
+        assert resumed["wall_seconds"] > spent  # the interrupted invocation's time counts too
         assert untimed(out) == records
         got = load_file(str(out / "model.safetensors"))
         assert got.keys() == expected.keys()

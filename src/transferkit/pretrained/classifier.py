@@ -23,7 +23,7 @@ from transferkit.errors import TransferkitError
 from transferkit.methods.base import Method
 from transferkit.pretrained.backbones import Backbone, BackboneSpec, build_backbone
 from transferkit.training.batches import CachedInputs, FitData, OnlineInputs
-from transferkit.training.loop import TrainConfig, best_record, fit, scores
+from transferkit.training.loop import RunClock, TrainConfig, best_record, fit, scores
 from transferkit.training.runfolder import (
     check_finite,
     read_safetensors,
@@ -138,12 +138,14 @@ def fit_stage(
     seed: int = 0,
     lr_flag: str = "--lr",
     log: str | None = None,
+    clock: RunClock | None = None,
 ) -> StageResult:
     """Train ``stages[split:]`` and the head with AdamW at a constant rate, one
     :func:`~transferkit.training.loop.fit`, and keep the epoch with the best validation
     accuracy (ties: lower validation loss), stopping after ``patience`` epochs without a
     better one. An epoch draws at least ``min_batches`` batches. With ``run_dir`` the stage is
-    checkpointed each epoch as ``checkpoint-NAME.pt`` and resumes from it; ``log``
+    checkpointed each epoch as ``checkpoint-NAME.pt`` and resumes from it (``clock``, shared by a
+    recipe's stages, carries the run's wall time across resumes); ``log``
     (``tensorboard``) writes the stage's steps and epochs under ``run_dir/tensorboard``."""
     objective = StageObjective(model, split, config.name, lr_flag)
     n = len(data.labels)
@@ -160,7 +162,7 @@ def fit_stage(
         history = fit(objective, replace(data, monitor_name="val", eval_batch_size=EVAL_BATCH),
                       train_config, run_dir, progress, generator=generator,
                       checkpoint_name=f"checkpoint-{config.name}.pt", earlier=earlier,
-                      stage=config.name, log=run_log)
+                      stage=config.name, log=run_log, clock=clock)
     finally:
         if run_log is not None:
             run_log.close()

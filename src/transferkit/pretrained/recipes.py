@@ -47,6 +47,7 @@ from transferkit.pretrained.classifier import (
 from transferkit.training import distributed
 from transferkit.training.batches import CachedInputs, FitData, OnlineInputs
 from transferkit.training.device import resolve_device
+from transferkit.training.loop import RunClock
 from transferkit.training.runfolder import (
     check_same_settings,
     discard,
@@ -321,13 +322,15 @@ def _run(
 
     stages: list[StageResult] = []
     y_train = labels["train"][subset]
+    # the run's wall time, its earlier invocations' included (read from the stage checkpoints)
+    clock = RunClock(started=started)
 
     def train(split: int, train_in: Any, val_in: Any, stage: StageConfig) -> None:
         data = FitData(train_in, y_train, monitor=val_in, monitor_labels=labels["val"])
         earlier = [record for done in stages for record in done.history]
         stages.append(fit_stage(model, split, data, stage, generator, device, out, earlier, progress,
                                 config.seed, "--finetune-lr" if stage.name == "finetune" else "--lr",
-                                log))
+                                log, clock))
 
     head_config = StageConfig(
         "head", config.epochs, config.learning_rate, patience=config.patience, batch_size=config.batch_size,
@@ -402,7 +405,7 @@ def _run(
         accuracy, _, _ = evaluate(model, split, test_in, labels["test"])
         result["test_accuracy"] = accuracy
         result["test_size"] = len(labels["test"])
-    result["wall_seconds"] = time.perf_counter() - started
+    result["wall_seconds"] = clock.total()
     if not distributed.is_writer():  # rank 0 writes the model and the metrics
         return result
     save_model(model, out, {"recipe": config.recipe, "data": config.data})
