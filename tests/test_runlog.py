@@ -55,6 +55,12 @@ def test_a_finetune_run_logs_each_stage_under_its_name(tmp_path):
     assert len(logged["head/epoch/val_accuracy"]) == 2 and len(logged["finetune/epoch/val_accuracy"]) == 1
     assert {"head/train/loss", "head/train/train_accuracy", "finetune/train/learning_rate"} <= set(logged)
     assert all(value == pytest.approx(1e-4) for _, value in logged["finetune/train/learning_rate"])
+    before = sorted(p.name for p in (out / "tensorboard").iterdir())
+    assert main(["finetune", "--data", f"folder:{photos}", "--backbone", "small_convnet", "--weights",
+                 "random", "--image-size", "48", "--epochs", "2", "--finetune-epochs", "1",
+                 "--batch-size", "8", "--device", "cpu", "--quiet", "--restart", "--out", str(out)]) == 0
+    assert not (out / "tensorboard").exists() or not set(before) & {
+        p.name for p in (out / "tensorboard").iterdir()}  # --restart: the old events are gone
 
 
 def test_a_missing_tensorboard_is_one_line(monkeypatch, capsys, tmp_path):

@@ -308,7 +308,17 @@ def write_config(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def discard(run_dir: Path, names: tuple[str, ...]) -> None:
-    """Remove ``names`` (and their part files) from ``run_dir``, in that order."""
+    """Remove ``names`` (and their part files) from ``run_dir``, in that order, then the run's
+    TensorBoard events (``tensorboard/``, :mod:`transferkit.training.runlog`): a restarted run
+    logs afresh."""
+    import shutil
+
+    events = run_dir / "tensorboard"
+    if events.is_dir() and not events.is_symlink():
+        try:
+            shutil.rmtree(events)
+        except OSError as exc:
+            raise write_error(events, exc) from None
     for name in names:
         try:
             parts = [p for p in run_dir.iterdir() if is_part_file(p, name)]
