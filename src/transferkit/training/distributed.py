@@ -95,15 +95,6 @@ def writer_only(context: contextlib.AbstractContextManager) -> Iterator[None]:
         yield
 
 
-def broadcast_flag(value: bool) -> bool:
-    """Rank 0's ``value`` on every rank."""
-    if not active():
-        return value
-    flag = torch.tensor([int(value)])
-    dist.broadcast(flag, 0)
-    return bool(flag.item())
-
-
 def broadcast_object(value: object) -> object:
     """Rank 0's ``value`` (any picklable object, such as a checkpoint it alone read) on every
     rank: the ranks decide from the same state even without a shared folder."""
