@@ -289,8 +289,9 @@ class DomainAdapter:
     features), ``dann``, ``target_only`` (oracle: trains on target labels), ``dann_mcc``
     (DANN + Minimum Class Confusion on the target batch, :mod:`transferkit.methods.mcc`),
     ``cdan`` (CDAN+E, the domain classifier conditioned on the class predictions,
-    :mod:`transferkit.methods.cdan`) or ``vada`` (DANN + conditional entropy on the target +
-    virtual adversarial training, :mod:`transferkit.methods.vada`).
+    :mod:`transferkit.methods.cdan`), ``vada`` (DANN + conditional entropy on the target +
+    virtual adversarial training, :mod:`transferkit.methods.vada`) or ``dann_fixmatch``
+    (DANN + self-training with consistency, :mod:`transferkit.methods.fixmatch`).
     Model selection never looks at target-test labels: the last epoch is kept
     (``selected_by`` says so), and SA's subspace size is chosen on source data.
     ``ema_decay``: keep an exponential moving average of the weights during training and
@@ -307,7 +308,8 @@ class DomainAdapter:
                  ema_decay: float | None = None, progress: bool = True,
                  restart: bool = False, backbone: str | None = None, weights: str = "imagenet",
                  unfreeze: int | str = "all", bottleneck: int | None = BOTTLENECK,
-                 log: str | None = None, precision: str | None = None) -> None:
+                 log: str | None = None, precision: str | None = None,
+                 keep_epochs: bool = False) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
@@ -354,6 +356,7 @@ class DomainAdapter:
         self.progress = progress
         self.restart = restart
         self.log = check_log(log)  # how the run is watched, not a setting of the run
+        self.keep_epochs = keep_epochs  # what the run keeps, not a setting of the run either
 
     # -- fitting ------------------------------------------------------------------------------
 
@@ -448,7 +451,8 @@ class DomainAdapter:
             try:
                 with reading:
                     self.history_ = fit(self.model_, data, self.config, self.run_dir, self.progress,
-                                        average=average, clock=clock, log=run_log)
+                                        average=average, clock=clock, log=run_log,
+                                        keep_epochs=self.keep_epochs)
             finally:
                 if run_log is not None:
                     run_log.close()

@@ -222,7 +222,7 @@ def _adapt(args: argparse.Namespace) -> int:
         geometry=args.geometry, ema_decay=args.ema_decay,
         progress=not args.quiet, restart=args.restart, backbone=args.backbone,
         weights=args.weights, unfreeze=args.unfreeze, bottleneck=args.bottleneck or None,
-        log=args.log, precision=args.precision,
+        log=args.log, precision=args.precision, keep_epochs=args.keep_epochs,
     ).fit(args.source, args.target)
     results = adapter.results_
     if adapter.as_recorded_ and not args.quiet:
@@ -576,8 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "Minimum Class Confusion on the target, Jin et al. 2020); cdan "
                             "(CDAN+E: the domain classifier conditioned on the class "
                             "predictions, Long et al. 2018); vada (DANN + target "
-                            "entropy + virtual adversarial training, Shu et al. 2018) — the "
-                            "last three past the DANN paper")
+                            "entropy + virtual adversarial training, Shu et al. 2018); "
+                            "dann_fixmatch (DANN + self-training: confident pseudo-labels "
+                            "of weakly augmented target images teach strongly augmented "
+                            "ones, FixMatch 2020 with AdaMatch's thresholds 2022) — the "
+                            "last four past the DANN paper")
     adapt.add_argument("--source", required=True, help="labelled source data set, e.g. mnist")
     adapt.add_argument("--target", required=True,
                        help="target data set, e.g. mnist_m, folder:PATH, or unlabelled:PATH (a folder "
@@ -626,6 +629,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="discard what --out holds of this run (checkpoint, metrics, model) and "
                             "train it from the start (a folder of other settings is still refused)")
     _add_run_options(adapt)
+    adapt.add_argument("--keep-epochs", action="store_true",
+                       help="also keep each epoch's model, OUT/epochs/epoch-K.safetensors (the "
+                            "weight average where there is one), to choose an epoch afterwards "
+                            "without target labels; a run resumes with or without it")
     adapt.set_defaults(run=_adapt)
 
     reverse = commands.add_parser(
@@ -737,9 +744,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(ganin2016: and OUT/accuracies.png, every seed beside the paper). "
                     "Finished runs are kept: an interrupted benchmark resumes.")
     bench.add_argument("protocol", choices=[*PROTOCOLS, "cats_vs_dogs", "advise"],
-                       help="ganin2016 (DANN table); cats_vs_dogs (scratch / extract / fine-tune and "
-                            "the data-efficiency curve); advise (domain gaps; transferability scores "
-                            "against fine-tuning)")
+                       help="ganin2016 (DANN table); ganin2016_lite0 (its pairs on an ImageNet "
+                            "EfficientNet-Lite0: source only, DANN, CDAN+E); cats_vs_dogs "
+                            "(scratch / extract / fine-tune and the data-efficiency curve); "
+                            "advise (domain gaps; transferability scores against fine-tuning)")
     bench.add_argument("--sizes", type=training_sizes,
                        help="cats_vs_dogs: training-set sizes (default 20,50,100,200,500,1000,2000)")
     bench.add_argument("--runs", default="runs/ganin2016", metavar="DIR",

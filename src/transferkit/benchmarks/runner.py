@@ -76,8 +76,10 @@ def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
     candidate = _run_dir(out, pair, "source_only", seed)
     if method == "sa" and (candidate / "metrics.json").is_file():
         init_from = candidate / "model.safetensors"  # SA aligns the source-only network's features
+    on_backbone = pair.backbone is not None
     adapter = DomainAdapter(
-        method=method, network=pair.network, image_size=pair.image_size,
+        method=method, network=None if on_backbone else pair.network,
+        backbone=pair.backbone, unfreeze=pair.unfreeze, image_size=pair.image_size,
         epochs=options.epochs or pair.epochs, steps_per_epoch=pair.steps_per_epoch,
         seed=seed, device=options.device, run_dir=run_dir, data_root=options.data_root,
         init_from=init_from, binarize_source=pair.binarize_source,

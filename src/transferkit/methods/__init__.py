@@ -3,6 +3,7 @@
 from transferkit.methods.base import Method
 from transferkit.methods.cdan import CDAN
 from transferkit.methods.dann import DANN
+from transferkit.methods.fixmatch import DANNFixMatch
 from transferkit.methods.mcc import DANNMCC
 from transferkit.methods.source_only import SourceOnly
 from transferkit.methods.subspace_alignment import SubspaceAlignment
@@ -12,7 +13,7 @@ from transferkit.names import METHOD_NAMES
 
 # "sa" trains the source-only network, then aligns its features (see api.DomainAdapter).
 TRAINED_METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (SourceOnly, TargetOnly, DANN, DANNMCC, CDAN, VADA)
+    cls.name: cls for cls in (SourceOnly, TargetOnly, DANN, DANNMCC, CDAN, VADA, DANNFixMatch)
 }
 
 
@@ -21,5 +22,5 @@ def trained_method(name: str) -> type[Method]:
     return TRAINED_METHODS["source_only" if name == "sa" else name]
 
 
-__all__ = ["CDAN", "DANN", "DANNMCC", "METHOD_NAMES", "TRAINED_METHODS", "Method", "SourceOnly",
-           "SubspaceAlignment", "TargetOnly", "VADA", "trained_method"]
+__all__ = ["CDAN", "DANN", "DANNFixMatch", "DANNMCC", "METHOD_NAMES", "TRAINED_METHODS", "Method",
+           "SourceOnly", "SubspaceAlignment", "TargetOnly", "VADA", "trained_method"]

@@ -63,12 +63,13 @@ from transferkit.training.checkpoint import (
     save_checkpoint,
 )
 from transferkit.training.device import resolve_device
-from transferkit.training.runfolder import NonFiniteError, non_finite, write_text
+from transferkit.training.runfolder import NonFiniteError, non_finite, save_tensors, write_text
 from transferkit.training.runlog import STEP_EVERY, RunLog
 from transferkit.training.schedules import annealed_learning_rate
 
 CHECKPOINT = "checkpoint.pt"
 METRICS_LINES = "metrics.jsonl"
+EPOCHS_FOLDER = "epochs"  # each epoch's model, with keep_epochs
 
 
 class SettingError(TransferkitError, ValueError):
@@ -431,7 +432,7 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
         progress: bool = True, average: AveragedModel | None = None, clock: RunClock | None = None,
         *, generator: torch.Generator | None = None, checkpoint_name: str = CHECKPOINT,
         earlier: list[dict[str, Any]] | tuple = (), stage: str | None = None,
-        log: RunLog | None = None) -> list[dict[str, Any]]:
+        log: RunLog | None = None, keep_epochs: bool = False) -> list[dict[str, Any]]:
     """Train ``method``; returns one dict of metrics per epoch.
 
     ``data`` is a :class:`~transferkit.data.pairs.DomainPair` (the method's labelled split and,
@@ -451,6 +452,11 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
 
     ``log`` (:mod:`transferkit.training.runlog`) is given the losses and learning rate of every
     :data:`~transferkit.training.runlog.STEP_EVERY`-th step and each epoch's record.
+
+    ``keep_epochs`` writes each epoch's model (the weight average where there is one) to
+    ``run_dir/epochs/epoch-K.safetensors``, whole (frozen weights included), for choosing an
+    epoch afterwards without target labels (``benchmarks/validator_study.py``). Not a setting
+    of the run: a run resumes with or without it.
     """
     clock = clock if clock is not None else RunClock()
     device = resolve_device(config.device)
@@ -687,6 +693,11 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
                 snapshot["scaler"] = scaler.state_dict()
             if hasattr(labelled, "state") and labelled.state() is not None:
                 snapshot["inputs"] = labelled.state()
+            if keep_epochs:
+                model = average.module if average is not None else method
+                (run_dir / EPOCHS_FOLDER).mkdir(exist_ok=True)
+                save_tensors(run_dir / EPOCHS_FOLDER / f"epoch-{epoch + 1}.safetensors",
+                             model.state_dict())
             save_checkpoint(checkpoint_path, snapshot)
             _write_lines(run_dir / METRICS_LINES, earlier + history)
         clock.trained = True

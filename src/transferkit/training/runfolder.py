@@ -309,16 +309,17 @@ def write_config(run_dir: Path, record: dict[str, Any]) -> None:
 
 def discard(run_dir: Path, names: tuple[str, ...]) -> None:
     """Remove ``names`` (and their part files) from ``run_dir``, in that order, then the run's
-    TensorBoard events (``tensorboard/``, :mod:`transferkit.training.runlog`): a restarted run
+    TensorBoard events (``tensorboard/``, :mod:`transferkit.training.runlog`) and kept epochs
+    (``epochs/``, ``keep_epochs`` of :func:`transferkit.training.loop.fit`): a restarted run
     logs afresh."""
     import shutil
 
-    events = run_dir / "tensorboard"
-    if events.is_dir() and not events.is_symlink():
-        try:
-            shutil.rmtree(events)
-        except OSError as exc:
-            raise write_error(events, exc) from None
+    for folder in (run_dir / "tensorboard", run_dir / "epochs"):
+        if folder.is_dir() and not folder.is_symlink():
+            try:
+                shutil.rmtree(folder)
+            except OSError as exc:
+                raise write_error(folder, exc) from None
     for name in names:
         try:
             parts = [p for p in run_dir.iterdir() if is_part_file(p, name)]
