@@ -45,6 +45,10 @@ def test_a_finetune_run_interrupted_in_either_stage_resumes_to_the_same_model(ph
     assert [(r["stage"], r["epoch"]) for r in records] == [("head", 1), ("head", 2),
                                                            ("finetune", 1), ("finetune", 2)]
     assert {"train_loss", "train_accuracy", "val_accuracy", "val_loss", "learning_rate"} <= set(records[0])
+    for stage in whole["stages"]:  # best_epoch counts as metrics.jsonl does, from 1
+        mine = [r for r in records if r["stage"] == stage["name"]]
+        assert 1 <= stage["best_epoch"] <= len(mine)
+        assert mine[stage["best_epoch"] - 1]["val_accuracy"] == stage["best_val_accuracy"]
     assert not any((tmp_path / "whole" / name).exists() for name in CHECKPOINTS)  # finished: removed
     expected = load_file(str(tmp_path / "whole" / "model.safetensors"))
 

@@ -37,6 +37,7 @@ from transferkit.models.classifier import (
     network_of_run,
     reading_prefix,
 )
+from transferkit.models.digit_networks import INPUT_NORMS
 from transferkit.names import GEOMETRIES
 from transferkit.training import distributed
 from transferkit.training.batches import FitData, prefix_bytes, with_cached_prefix
@@ -309,7 +310,7 @@ class DomainAdapter:
                  restart: bool = False, backbone: str | None = None, weights: str = "imagenet",
                  unfreeze: int | str = "all", bottleneck: int | None = BOTTLENECK,
                  log: str | None = None, precision: str | None = None,
-                 keep_epochs: bool = False) -> None:
+                 keep_epochs: bool = False, input_norm: str | None = None) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
@@ -329,6 +330,15 @@ class DomainAdapter:
                                    "layers, which need batches of at least 2 images")
         if weights not in ("imagenet", "random", "trained"):  # a file: found again from anywhere
             weights = str(Path(weights).expanduser().resolve())
+        if input_norm in ("none", ""):
+            input_norm = None
+        if input_norm is not None and input_norm not in INPUT_NORMS:
+            raise TransferkitError(f"--input-norm {input_norm}: expected one of "
+                                   f"{', '.join(INPUT_NORMS)} or none")
+        if input_norm is not None and backbone is not None:
+            raise TransferkitError("--input-norm applies to the paper's digit networks; a --backbone "
+                                   "normalises its inputs its own way")
+        self.input_norm = input_norm
         self.backbone = backbone
         self.weights = weights
         self.unfreeze = unfreeze
@@ -526,7 +536,8 @@ class DomainAdapter:
         adapter = cls(**settings, device=device, data_root=data_root,
                       binarize_source=config.get("binarize_source", False),
                       geometry=config.get("geometry", "resize"),
-                      ema_decay=config.get("ema_decay"), progress=progress, **backbone)
+                      ema_decay=config.get("ema_decay"), progress=progress,
+                      input_norm=config.get("input_norm"), **backbone)
         pair = pair_of_run(config, data_root)
         model = method_of_run(run, config, len(pair.classes),
                               str(data_root) if data_root is not None else None)
@@ -541,7 +552,7 @@ class DomainAdapter:
         """The paper's digit network (``network``) or ``backbone`` with a new bottleneck and
         head (:func:`transferkit.models.classifier.build_network`)."""
         if self.backbone is None:
-            return DigitNetwork(self.network, classes, image_size)
+            return DigitNetwork(self.network, classes, image_size, input_norm=self.input_norm)
         return build_network(self.backbone, classes, image_size, self.weights,
                              self.unfreeze, self.bottleneck,
                              str(self.data_root) if self.data_root is not None else None)
@@ -599,6 +610,8 @@ class DomainAdapter:
                 "network": self.network, "image_size": image_size,
                 "binarize_source": self.binarize_source, "geometry": self.geometry,
                 "ema_decay": self.ema_decay, **asdict(self.config), **backbone,
+                # recorded only when set: runs made before it read as before
+                **({"input_norm": self.input_norm} if self.input_norm is not None else {}),
                 **({"sa_features": SA_FEATURES} if self.method == "sa" else {})}
 
     def results(self) -> dict[str, Any]:

@@ -223,6 +223,7 @@ def _adapt(args: argparse.Namespace) -> int:
         progress=not args.quiet, restart=args.restart, backbone=args.backbone,
         weights=args.weights, unfreeze=args.unfreeze, bottleneck=args.bottleneck or None,
         log=args.log, precision=args.precision, keep_epochs=args.keep_epochs,
+        input_norm=None if args.input_norm == "none" else args.input_norm,
     ).fit(args.source, args.target)
     results = adapter.results_
     if adapter.as_recorded_ and not args.quiet:
@@ -309,7 +310,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     options = RunOptions(seeds=args.seeds, epochs=args.epochs, device=args.device,
                          data_root=args.data_root, progress=not args.quiet,
                          oracle_seeds=args.oracle_seeds, jobs=args.jobs,
-                         report_only=args.report_only, machine=args.machine)
+                         report_only=args.report_only, machine=args.machine,
+                         keep_epochs=args.keep_epochs)
     run_protocol(protocol, [by_key[k] for k in pair_keys], methods, out, options, command)
     print((out / "table.md").read_text())
     picture = f", {out / 'accuracies.png'}" if (out / "accuracies.png").is_file() else ""
@@ -629,6 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="discard what --out holds of this run (checkpoint, metrics, model) and "
                             "train it from the start (a folder of other settings is still refused)")
     _add_run_options(adapt)
+    adapt.add_argument("--input-norm", choices=("none", "instance"), default="none",
+                       help="the paper's digit networks: instance (normalise each image's channels "
+                            "to mean 0 and variance 1 first, with learnt scale and shift, as Shu et "
+                            "al. 2018's networks) or none (the pair's mean subtracted; default)")
     adapt.add_argument("--keep-epochs", action="store_true",
                        help="also keep each epoch's model, OUT/epochs/epoch-K.safetensors (the "
                             "weight average where there is one), to choose an epoch afterwards "
@@ -767,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "threads (on a small CPU, 2 one-thread runs beat 1 two-thread run; "
                             "default %(default)s)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    bench.add_argument("--keep-epochs", action="store_true",
+                       help="ganin2016: every run also keeps each epoch's model (RUN/epochs/), for "
+                            "choosing epochs afterwards without target labels")
     bench.add_argument("--out", metavar="DIR", help="output folder (default runs/PROTOCOL)")
     bench.add_argument("--data-root", metavar="DIR", help="folder holding the data sets")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -94,6 +94,7 @@ def reverse_validation(adapter: DomainAdapter, epochs: int | None = None,
         run_dir=Path(run_dir) / REVERSE_RUN if run_dir is not None else None,
         ema_decay=adapter.ema_decay, progress=progress, backbone=adapter.backbone,
         weights=adapter.weights, unfreeze=adapter.unfreeze, bottleneck=adapter.bottleneck,
+        input_norm=adapter.input_norm,
     ).fit(backwards)
     counts = torch.bincount(pseudo, minlength=len(pair.classes)).tolist()
     record = {

@@ -23,6 +23,7 @@ class PairProtocol:
     note: str = ""
     backbone: str | None = None  # a pretrained backbone in place of the paper's ``network``
     unfreeze: int | str = "all"  # the backbone's trained stages (the others stay frozen)
+    input_norm: str | None = None  # "instance": the digit network normalises each image first
 
     @property
     def key(self) -> str:
@@ -35,7 +36,7 @@ class Protocol:
     title: str
     pairs: tuple[PairProtocol, ...]
     methods: tuple[str, ...] = ("source_only", "sa", "dann", "target_only", "dann_mcc",
-                                 "cdan", "vada")
+                                 "cdan", "vada", "dann_fixmatch")
     method_titles: dict[str, str] = field(default_factory=dict)
 
 

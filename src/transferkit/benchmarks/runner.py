@@ -36,6 +36,7 @@ class RunOptions:
     jobs: int = 1  # runs at a time, in worker processes that share the machine's threads
     report_only: bool = False  # train nothing: report the finished runs found in the folder
     machine: str | None = None  # the report's machine line (default: this machine, or the runs')
+    keep_epochs: bool = False  # each run keeps every epoch's model (RUN/epochs/), see fit()
 
 
 def _machine(jobs: int = 1) -> str:
@@ -84,7 +85,8 @@ def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
         seed=seed, device=options.device, run_dir=run_dir, data_root=options.data_root,
         init_from=init_from, binarize_source=pair.binarize_source,
         geometry=pair.geometry or default_geometry(pair.source, pair.target),
-        ema_decay=pair.ema_decay, progress=options.progress,
+        ema_decay=pair.ema_decay, progress=options.progress, keep_epochs=options.keep_epochs,
+        input_norm=pair.input_norm,
     )
     finished = run_dir / "metrics.json"
     if finished.is_file():  # kept only when it is this protocol's run, not one of other settings

@@ -164,7 +164,8 @@ def network_of_run(config: dict[str, Any], num_classes: int, initial: bool = Fal
     its pretrained weights (no download: every weight is then read from the run)."""
     backbone = config.get("backbone")
     if backbone is None:
-        return DigitNetwork(config["network"], num_classes, config["image_size"])
+        return DigitNetwork(config["network"], num_classes, config["image_size"],
+                            input_norm=config.get("input_norm"))
     weights = config.get("weights", "imagenet") if initial else "random"
     if backbone.startswith("run:"):
         weights = "trained"

@@ -338,7 +338,8 @@ def _digit_run(path: str, weights: str, data_root: str | None = None):
              if k.startswith("network.") and not k.startswith("network.domain_classifier.")}
     predictor = [k for k in state if k.startswith("label_predictor.") and k.endswith(".weight")]
     last = max(predictor, key=lambda k: int(k.split(".")[1]))
-    network = DigitNetwork(config["network"], state[last].shape[0], config["image_size"])
+    network = DigitNetwork(config["network"], state[last].shape[0], config["image_size"],
+                           input_norm=config.get("input_norm"))
     if weights != "random":
         missing, unexpected = network.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("domain_classifier.")]

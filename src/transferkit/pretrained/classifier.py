@@ -76,7 +76,7 @@ class StageConfig:
 class StageResult:
     name: str
     split: int
-    best_epoch: int = -1  # counted from 0
+    best_epoch: int = 0  # counted from 1, as metrics.jsonl's "epoch" (0: none yet)
     best_val_accuracy: float = -1.0
     best_val_loss: float = float("inf")
     epochs_run: int = 0
@@ -171,7 +171,7 @@ def fit_stage(
     best = best_record(history, "val")
     assert best is not None
     return StageResult(
-        config.name, split, best_epoch=history.index(best),
+        config.name, split, best_epoch=history.index(best) + 1,
         best_val_accuracy=best["val_accuracy"], best_val_loss=best["val_loss"],
         epochs_run=len(history), seconds=time.perf_counter() - started,
         epoch_seconds=[h["seconds"] for h in history], history=history)
