@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -116,3 +117,33 @@ def test_keep_epochs_writes_each_epochs_model_and_the_study_scores_them(tmp_path
     for name in ("snd", "im", "entropy", "class_shares", "source_accuracy"):
         assert f"| {name} |" in table
     assert table.count("| run | epoch-") == 3
+
+
+def test_select_keeps_the_epoch_a_label_free_validator_scores_highest(tmp_path):
+    from transferkit.errors import TransferkitError
+    from transferkit.names import SELECTOR_NAMES
+    from transferkit.validators import SELECTORS, VALIDATORS
+
+    assert set(SELECTOR_NAMES) == set(VALIDATORS) | {"source_accuracy"} == set(SELECTORS)
+    root = write_digit_pair(tmp_path / "data")
+    run = tmp_path / "run"
+    settings = dict(method="dann", network="mnist", image_size=28, epochs=3, steps_per_epoch=2,
+                    batch_size=8, device="cpu", data_root=root, progress=False)
+    DomainAdapter(**settings, run_dir=run, select="class_shares").fit("mnist", "mnist_m")
+    metrics = json.loads((run / "metrics.json").read_text())
+    scores = {int(k): v for k, v in metrics["epoch_scores"].items()}
+    assert sorted(scores) == [1, 2, 3]
+    chosen = metrics["selected_epoch"]
+    assert scores[chosen] == max(scores.values())
+    assert metrics["selected_by"].startswith("class_shares (label-free)")
+    assert f"epoch {chosen} of 3" in metrics["selected_by"]
+    assert json.loads((run / "config.json").read_text())["select"] == "class_shares"
+    saved = load_file(str(run / "model.safetensors"))
+    picked = load_file(str(run / "epochs" / f"epoch-{chosen}.safetensors"))
+    assert all(torch.equal(saved[k], picked[k]) for k in saved)  # the model is the chosen epoch
+    loaded = DomainAdapter.load(run, data_root=root, progress=False)
+    assert loaded.score() == pytest.approx(metrics["target_test_accuracy"], abs=1e-9)
+    with pytest.raises(TransferkitError, match="--select"):
+        DomainAdapter(**settings, run_dir=run, select="accuracy")
+    with pytest.raises(TransferkitError, match="folder"):
+        DomainAdapter(**settings, select="im")

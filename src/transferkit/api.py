@@ -44,6 +44,7 @@ from transferkit.training.batches import FitData, prefix_bytes, with_cached_pref
 from transferkit.training.device import describe_machine, resolve_device
 from transferkit.training.loop import (
     CHECKPOINT,
+    EPOCHS_FOLDER,
     METRICS_LINES,
     RunClock,
     TrainConfig,
@@ -65,6 +66,7 @@ from transferkit.training.runfolder import (
     write_json,
 )
 from transferkit.training.runlog import check_log, open_log
+from transferkit.validators import SELECTORS, choose_epoch
 
 # A backbone network with frozen stages trains on their outputs, computed once, when those take
 # at most this much memory (float32, source + target + source validation); beyond, the frozen
@@ -310,7 +312,8 @@ class DomainAdapter:
                  restart: bool = False, backbone: str | None = None, weights: str = "imagenet",
                  unfreeze: int | str = "all", bottleneck: int | None = BOTTLENECK,
                  log: str | None = None, precision: str | None = None,
-                 keep_epochs: bool = False, input_norm: str | None = None) -> None:
+                 keep_epochs: bool = False, input_norm: str | None = None,
+                 select: str | None = None) -> None:
         if method not in METHOD_NAMES:
             raise TransferkitError(f"--method {method}: expected one of {', '.join(METHOD_NAMES)}")
         if network is not None and network not in NETWORKS:
@@ -339,6 +342,14 @@ class DomainAdapter:
             raise TransferkitError("--input-norm applies to the paper's digit networks; a --backbone "
                                    "normalises its inputs its own way")
         self.input_norm = input_norm
+        if select in ("last", ""):
+            select = None
+        if select is not None and select not in SELECTORS:
+            raise TransferkitError(f"--select {select}: expected one of last, {', '.join(SELECTORS)}")
+        if select is not None and run_dir is None:
+            raise TransferkitError("--select chooses among the epochs a run keeps in its folder: "
+                                   "give the run a folder (--out, run_dir)")
+        self.select = select
         self.backbone = backbone
         self.weights = weights
         self.unfreeze = unfreeze
@@ -366,7 +377,8 @@ class DomainAdapter:
         self.progress = progress
         self.restart = restart
         self.log = check_log(log)  # how the run is watched, not a setting of the run
-        self.keep_epochs = keep_epochs  # what the run keeps, not a setting of the run either
+        # what the run keeps, not a setting of the run either (--select needs every epoch)
+        self.keep_epochs = keep_epochs or select is not None
 
     # -- fitting ------------------------------------------------------------------------------
 
@@ -469,6 +481,11 @@ class DomainAdapter:
             if average is not None:  # the average is the model; the last weights stay on record
                 self.last_weights_ = self.model_
                 self.model_ = average.module
+        self.selection_: tuple[int, dict[int, float]] | None = None
+        if self.select is not None and self.method != "sa":
+            assert self.run_dir is not None
+            self.selection_ = choose_epoch(self.model_, pair, self.run_dir / EPOCHS_FOLDER,
+                                           self.select)
         self.alignment_: SubspaceAlignment | None = None
         if self.method == "sa":
             self.alignment_ = fit_alignment(self.model_, pair, self.config.seed)
@@ -538,6 +555,7 @@ class DomainAdapter:
                       geometry=config.get("geometry", "resize"),
                       ema_decay=config.get("ema_decay"), progress=progress,
                       input_norm=config.get("input_norm"), **backbone)
+        adapter.select = config.get("select")  # how the saved model was chosen
         pair = pair_of_run(config, data_root)
         model = method_of_run(run, config, len(pair.classes),
                               str(data_root) if data_root is not None else None)
@@ -617,8 +635,9 @@ class DomainAdapter:
                 "network": self.network, "image_size": image_size,
                 "binarize_source": self.binarize_source, "geometry": self.geometry,
                 "ema_decay": self.ema_decay, **asdict(self.config), **backbone,
-                # recorded only when set: runs made before it read as before
+                # recorded only when set: runs made before them read as before
                 **({"input_norm": self.input_norm} if self.input_norm is not None else {}),
+                **({"select": self.select} if self.select is not None else {}),
                 **({"sa_features": SA_FEATURES} if self.method == "sa" else {})}
 
     def results(self) -> dict[str, Any]:
@@ -654,6 +673,13 @@ class DomainAdapter:
         }
         if self.ema_decay is not None:
             record["ema_decay"] = self.ema_decay
+        if getattr(self, "selection_", None) is not None:
+            chosen, scores = self.selection_
+            kind = "weight average (EMA)" if self.ema_decay is not None else "weights"
+            record["selected_by"] = (f"{self.select} (label-free) among the {kind} kept at each "
+                                     f"epoch: epoch {chosen} of {len(scores)}")
+            record["selected_epoch"] = chosen
+            record["epoch_scores"] = {str(k): v for k, v in sorted(scores.items())}
         record["label_free_check"] = self.prediction_shares().as_dict()
         last = self.last_weights_
         if last is not None:

@@ -224,6 +224,7 @@ def _adapt(args: argparse.Namespace) -> int:
         weights=args.weights, unfreeze=args.unfreeze, bottleneck=args.bottleneck or None,
         log=args.log, precision=args.precision, keep_epochs=args.keep_epochs,
         input_norm=None if args.input_norm == "none" else args.input_norm,
+        select=None if args.select == "last" else args.select,
     ).fit(args.source, args.target)
     results = adapter.results_
     if adapter.as_recorded_ and not args.quiet:
@@ -311,7 +312,8 @@ def _benchmark(args: argparse.Namespace) -> int:
                          data_root=args.data_root, progress=not args.quiet,
                          oracle_seeds=args.oracle_seeds, jobs=args.jobs,
                          report_only=args.report_only, machine=args.machine,
-                         keep_epochs=args.keep_epochs)
+                         keep_epochs=args.keep_epochs,
+                         select=None if args.select == "last" else args.select)
     run_protocol(protocol, [by_key[k] for k in pair_keys], methods, out, options, command)
     print((out / "table.md").read_text())
     picture = f", {out / 'accuracies.png'}" if (out / "accuracies.png").is_file() else ""
@@ -563,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--quiet", action="store_true", help="no progress bars")
     make.set_defaults(run=_data_make)
 
-    from transferkit.names import GEOMETRIES, METHOD_NAMES, NETWORK_NAMES
+    from transferkit.names import GEOMETRIES, METHOD_NAMES, NETWORK_NAMES, SELECTOR_NAMES
 
     adapt = commands.add_parser(
         "adapt", help="unsupervised domain adaptation from a labelled source to a target",
@@ -635,6 +637,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the paper's digit networks: instance (normalise each image's channels "
                             "to mean 0 and variance 1 first, with learnt scale and shift, as Shu et "
                             "al. 2018's networks) or none (the pair's mean subtracted; default)")
+    adapt.add_argument("--select", choices=("last", *SELECTOR_NAMES), default="last",
+                       help="which epoch's model the run keeps: last (default), or the one a "
+                            "label-free validator scores highest (keeps every epoch, see "
+                            "--keep-epochs): class_shares, im, entropy, snd (on the target's "
+                            "unlabelled training images) or source_accuracy (source test split); "
+                            "docs/adaptation.md says how each was measured")
     adapt.add_argument("--keep-epochs", action="store_true",
                        help="also keep each epoch's model, OUT/epochs/epoch-K.safetensors (the "
                             "weight average where there is one), to choose an epoch afterwards "
@@ -773,6 +781,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "threads (on a small CPU, 2 one-thread runs beat 1 two-thread run; "
                             "default %(default)s)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    bench.add_argument("--select", choices=("last", *SELECTOR_NAMES), default="last",
+                       help="ganin2016: every run keeps the epoch a label-free validator scores "
+                            "highest (see adapt --select); default: the protocol's last epoch")
     bench.add_argument("--keep-epochs", action="store_true",
                        help="ganin2016: every run also keeps each epoch's model (RUN/epochs/), for "
                             "choosing epochs afterwards without target labels")

@@ -30,6 +30,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from transferkit.names import SELECTOR_NAMES
+
 SND_TEMPERATURE = 0.05  # Saito et al. 2021's τ
 SAMPLE = 5000  # target images a score is computed on (SND is quadratic in their number)
 
@@ -95,3 +97,46 @@ def label_free_scores(probabilities: torch.Tensor, source_labels: torch.Tensor,
     if unknown:
         raise ValueError(f"unknown validator {unknown[0]!r}: expected one of {', '.join(VALIDATORS)}")
     return {name: VALIDATORS[name](probabilities, source_labels) for name in chosen}
+
+
+SELECTORS = SELECTOR_NAMES  # the validators, and source_accuracy: the source test split's
+
+
+def choose_epoch(method, pair, folder, validator: str, sample: int = SAMPLE,
+                 ) -> tuple[int, dict[int, float]]:
+    """The kept epoch (``folder/epoch-K.safetensors``, see ``keep_epochs`` of
+    :func:`transferkit.training.loop.fit`) whose model ``validator`` scores highest (ties: the
+    later epoch), and every epoch's score. Leaves ``method`` holding the chosen epoch's weights.
+    Reads no target label: validators score predictions on a fixed sample of the target's
+    training images; ``source_accuracy`` is the accuracy on the source test split."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from transferkit.errors import TransferkitError
+    from transferkit.training.loop import evaluate, run_batches
+
+    if validator not in SELECTORS:
+        raise TransferkitError(f"--select {validator}: expected one of last, {', '.join(SELECTORS)}")
+    if validator == "source_accuracy" and pair.source_test is None:
+        raise TransferkitError("--select source_accuracy: the source has no test split to score")
+    kept = {int(p.stem.split("-")[1]): p for p in Path(folder).glob("epoch-*.safetensors")}
+    if not kept:
+        raise TransferkitError(f"{folder}: no kept epochs to choose among (expected "
+                               "epoch-K.safetensors files)")
+    images = pair.target_train.images[sample_indices(len(pair.target_train.images), sample)]
+    scores: dict[int, float] = {}
+    was_training = method.training
+    method.eval()
+    for epoch in sorted(kept):
+        method.load_state_dict(load_file(str(kept[epoch])))
+        if validator == "source_accuracy":
+            scores[epoch] = evaluate(method, pair.source_test, pair)
+            continue
+        with torch.no_grad():
+            probabilities = torch.softmax(run_batches(method, images, pair).float(), dim=1)
+        scores[epoch] = VALIDATORS[validator](probabilities, pair.source_train.labels)
+    chosen = max(scores, key=lambda k: (scores[k], k))
+    method.load_state_dict(load_file(str(kept[chosen])))
+    method.train(was_training)
+    return chosen, scores
