@@ -376,3 +376,20 @@ def test_the_lite0_protocol_runs_a_backbone_and_reads_its_finished_runs_back(dig
     assert main(args) == 0
     report = json.loads((out / "results.json").read_text())
     assert [r["status"] for r in report["rows"]] == ["measured"]
+
+
+def test_benchmark_passes_input_norm_and_select_to_every_run(digit_root, tmp_path):
+    out = tmp_path / "bench"
+    args = ["benchmark", "ganin2016", "--pairs", "mnist:mnist_m", "--methods", "dann_fixmatch",
+            "--seeds", "1", "--epochs", "2", "--input-norm", "instance", "--select", "class_shares",
+            "--device", "cpu", "--quiet", "--out", str(out), "--data-root", str(digit_root)]
+    assert main(args) == 0
+    run = out / "mnist-mnist_m" / "dann_fixmatch" / "seed0"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["input_norm"], config["select"]) == ("instance", "class_shares")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["selected_by"].startswith("class_shares (label-free) among the weight average")
+    assert sorted((run / "epochs").iterdir()) == [run / "epochs" / "epoch-1.safetensors",
+                                                  run / "epochs" / "epoch-2.safetensors"]
+    report = json.loads((out / "results.json").read_text())
+    assert report["rows"][0]["selected_by"].startswith("class_shares")

@@ -313,7 +313,8 @@ def _benchmark(args: argparse.Namespace) -> int:
                          oracle_seeds=args.oracle_seeds, jobs=args.jobs,
                          report_only=args.report_only, machine=args.machine,
                          keep_epochs=args.keep_epochs,
-                         select=None if args.select == "last" else args.select)
+                         select=None if args.select == "last" else args.select,
+                         input_norm=None if args.input_norm == "none" else args.input_norm)
     run_protocol(protocol, [by_key[k] for k in pair_keys], methods, out, options, command)
     print((out / "table.md").read_text())
     picture = f", {out / 'accuracies.png'}" if (out / "accuracies.png").is_file() else ""
@@ -781,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "threads (on a small CPU, 2 one-thread runs beat 1 two-thread run; "
                             "default %(default)s)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    bench.add_argument("--input-norm", choices=("none", "instance"), default="none",
+                       help="ganin2016: the digit networks normalise each image first (see adapt "
+                            "--input-norm); default none, the paper's")
     bench.add_argument("--select", choices=("last", *SELECTOR_NAMES), default="last",
                        help="ganin2016: every run keeps the epoch a label-free validator scores "
                             "highest (see adapt --select); default: the protocol's last epoch")

@@ -38,6 +38,7 @@ class RunOptions:
     machine: str | None = None  # the report's machine line (default: this machine, or the runs')
     keep_epochs: bool = False  # each run keeps every epoch's model (RUN/epochs/), see fit()
     select: str | None = None  # a label-free validator chooses each run's epoch (adapt --select)
+    input_norm: str | None = None  # overrides the pairs' input normalisation (adapt --input-norm)
 
 
 def _machine(jobs: int = 1) -> str:
@@ -87,7 +88,7 @@ def run_one(pair: PairProtocol, method: str, seed: int, out: Path,
         init_from=init_from, binarize_source=pair.binarize_source,
         geometry=pair.geometry or default_geometry(pair.source, pair.target),
         ema_decay=pair.ema_decay, progress=options.progress, keep_epochs=options.keep_epochs,
-        input_norm=pair.input_norm, select=options.select,
+        input_norm=options.input_norm or pair.input_norm, select=options.select,
     )
     finished = run_dir / "metrics.json"
     if finished.is_file():  # kept only when it is this protocol's run, not one of other settings
