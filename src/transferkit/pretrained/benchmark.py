@@ -94,8 +94,8 @@ def _measure_speed(protocol: Protocol, splits: Splits, prepared: dict, out: Path
     features every epoch (the ``views=0`` path) — 2 epochs of each, same head, same data."""
     import torch
 
+    from transferkit.models.backbones import build_backbone
     from transferkit.pretrained import activations
-    from transferkit.pretrained.backbones import build_backbone
     from transferkit.training.device import resolve_device
 
     device = resolve_device(protocol.extract.device)
@@ -158,7 +158,7 @@ def run_benchmark(
 
     def prepared_for(config: RecipeConfig) -> int:
         """Resize the three splits once per input size; returns that size."""
-        from transferkit.pretrained.backbones import build_backbone
+        from transferkit.models.backbones import build_backbone
 
         size = config.image_size or build_backbone(config.backbone, "random").spec.input_size
         if size not in prepared:

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from transferkit.errors import TransferkitError
 from transferkit.methods.base import Method
-from transferkit.pretrained.backbones import Backbone, BackboneSpec, build_backbone
+from transferkit.models.backbones import Backbone, BackboneSpec, build_backbone
 from transferkit.training.batches import CachedInputs, FitData, OnlineInputs
 from transferkit.training.loop import RunClock, TrainConfig, best_record, fit, scores
 from transferkit.training.runfolder import (

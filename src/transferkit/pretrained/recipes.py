@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
+from transferkit.models.backbones import build_backbone
 from transferkit.pretrained import activations, imaging
-from transferkit.pretrained.backbones import build_backbone
 from transferkit.pretrained.classifier import (
     Classifier,
     StageConfig,
