@@ -10,10 +10,11 @@ import torch
 from fakes import write_two_class_data
 
 from transferkit.cli import main
+from transferkit.data import imaging
 from transferkit.errors import TransferkitError
 from transferkit.models.backbones import build_backbone, read_state_dict
-from transferkit.pretrained import activations, imaging
 from transferkit.pretrained.recipes import RecipeConfig, balanced_subset, run
+from transferkit.training import activations
 
 
 @pytest.fixture

@@ -63,7 +63,8 @@ def features_and_outputs(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Pooled features (n×d) and, when the network has its own classifier, its class
     probabilities (n×z)."""
-    from transferkit.pretrained import activations, imaging
+    from transferkit.data import imaging
+    from transferkit.training import activations
 
     spec = backbone.spec
     images = imaging.prepare(image_set, spec.input_size, False, spec.crop_fraction)
@@ -118,7 +119,7 @@ def domain_gap(
 ) -> dict[str, Any]:
     """Proxy A-distance between two image sets, on pixels (both as size×size RGB) and, when a
     backbone is named, on its features."""
-    from transferkit.pretrained.imaging import prepare
+    from transferkit.data.imaging import prepare
 
     gap: dict[str, Any] = {}
     pixels = proxy_a_distance(

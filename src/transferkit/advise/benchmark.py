@@ -43,8 +43,8 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 
 
 def pixel_gaps(seeds: int, samples: int, data_root: str | None) -> list[dict[str, Any]]:
+    from transferkit.data.imaging import prepare
     from transferkit.data.loading import load_split
-    from transferkit.pretrained.imaging import prepare
 
     rows = []
     for source, target in PIXEL_PAIRS:

@@ -1,6 +1,5 @@
 """Reusing ImageNet-trained networks: feature extraction, fine-tuning, and the scratch baseline.
 
-- :mod:`activations` — the frozen prefix's outputs, cached on disk per augmented view;
 - :mod:`classifier` — backbone + new head, staged training, save/load;
 - :mod:`recipes` — ``extract``, ``finetune`` and ``scratch`` runs on a labelled data set;
 - :mod:`predict` — class and probability for image files;

@@ -95,7 +95,7 @@ def _measure_speed(protocol: Protocol, splits: Splits, prepared: dict, out: Path
     import torch
 
     from transferkit.models.backbones import build_backbone
-    from transferkit.pretrained import activations
+    from transferkit.training import activations
     from transferkit.training.device import resolve_device
 
     device = resolve_device(protocol.extract.device)
@@ -148,7 +148,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or resume) every recipe × size × seed; write results.json, table.md, curve.png."""
     from transferkit.benchmarks.runner import _machine
-    from transferkit.pretrained import imaging
+    from transferkit.data import imaging
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferkit.data import imaging
 from transferkit.data.decode import IMAGE_SUFFIXES, image_files
 from transferkit.errors import DataError, TransferkitError
-from transferkit.pretrained import imaging
 
 
 @dataclass

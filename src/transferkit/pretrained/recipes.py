@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferkit.data import imaging
 from transferkit.errors import TransferkitError
 from transferkit.models.backbones import build_backbone
-from transferkit.pretrained import activations, imaging
 from transferkit.pretrained.classifier import (
     Classifier,
     StageConfig,
@@ -44,7 +44,7 @@ from transferkit.pretrained.classifier import (
     make_head,
     save_model,
 )
-from transferkit.training import distributed
+from transferkit.training import activations, distributed
 from transferkit.training.batches import CachedInputs, FitData, OnlineInputs
 from transferkit.training.device import resolve_device
 from transferkit.training.loop import RunClock
