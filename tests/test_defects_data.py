@@ -137,7 +137,7 @@ MODE_CASES = _mode_cases()
 def test_every_image_mode_decodes_to_its_8_bit_values_in_training_data_and_predict(
     suffix, data, opens_as, expected, tolerance, tmp_path
 ):
-    from transferkit.pretrained.predict import _read
+    from transferkit.predict import _read
 
     with Image.open(io.BytesIO(data)) as image:
         # the case really exercises that mode on the Pillow the cases were written against;

@@ -347,7 +347,7 @@ def _recipe(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from transferkit.pretrained.predict import expand, load_predictor, predict_files
+    from transferkit.predict import expand, load_predictor, predict_files
     from transferkit.training.device import resolve_device
 
     model = load_predictor(args.model)  # any run folder: adapt, extract, finetune, scratch

@@ -2,6 +2,5 @@
 
 - :mod:`classifier` — backbone + new head, staged training, save/load;
 - :mod:`recipes` — ``extract``, ``finetune`` and ``scratch`` runs on a labelled data set;
-- :mod:`predict` — class and probability for image files;
 - :mod:`benchmark` — Chollet's cats-vs-dogs protocol and the data-efficiency curve.
 """
