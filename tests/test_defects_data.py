@@ -174,7 +174,7 @@ def _tiny_model(directory: Path) -> Path:
     import torch
 
     from transferkit.models.backbones import build_backbone
-    from transferkit.pretrained.classifier import Classifier, make_head, save_model
+    from transferkit.recipes import Classifier, make_head, save_model
 
     torch.manual_seed(0)
     backbone = build_backbone("small_convnet", "random", 48)

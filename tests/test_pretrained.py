@@ -13,7 +13,7 @@ from transferkit.cli import main
 from transferkit.data import imaging
 from transferkit.errors import TransferkitError
 from transferkit.models.backbones import build_backbone, read_state_dict
-from transferkit.pretrained.recipes import RecipeConfig, balanced_subset, run
+from transferkit.recipes import RecipeConfig, balanced_subset, run
 from transferkit.training import activations
 
 
@@ -245,7 +245,7 @@ def test_finetune_changes_only_the_unfrozen_stages_and_keeps_batchnorm_statistic
     import timm
     from safetensors.torch import save_file
 
-    from transferkit.pretrained.classifier import load_model
+    from transferkit.recipes import load_model
 
     torch.manual_seed(0)
     weights = tmp_path / "start.safetensors"

@@ -23,7 +23,7 @@ EXIT_DATA_BAD = 1
 # two unpadded 5×5 convolutions and 2×2 poolings leave nothing of a side below 16
 # (models.digit_networks.minimum_image_size; a test keeps the two in step).
 ADAPT_MIN_IMAGE_SIZE = 16
-# The smallest --image-size of the recipes (pretrained.recipes checks the backbone itself).
+# The smallest --image-size of the recipes (transferkit.recipes checks the backbone itself).
 RECIPE_MIN_IMAGE_SIZE = 8
 # The largest --image-size: 1,024 px is four times ImageNet's 224 (an image of it, as float,
 # takes 12.6 MB; a batch of 64, 0.8 GB): beyond it memory, not the model, decides.
@@ -320,7 +320,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    from transferkit.pretrained.recipes import RecipeConfig, run
+    from transferkit.recipes import RecipeConfig, run
 
     recipe = args.command
     fields = {"recipe": recipe, "data": args.data, "backbone": args.backbone, "weights": args.weights,

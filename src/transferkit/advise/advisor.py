@@ -48,7 +48,7 @@ def parse_candidate(text: str) -> tuple[str, str]:
 def sample(image_set: Any, count: int, seed: int) -> Any:
     """A class-balanced sample of an image set (all of it when smaller)."""
     from transferkit.data.images import ImageSet, stack_images
-    from transferkit.pretrained.recipes import balanced_subset
+    from transferkit.recipes import balanced_subset
 
     labels = np.asarray(image_set.labels)
     if count >= len(labels):

@@ -119,7 +119,7 @@ def transferability(
     from scipy.stats import kendalltau, spearmanr
 
     from transferkit.data.loading import load_split
-    from transferkit.pretrained.recipes import RecipeConfig, Splits, balanced_subset, run
+    from transferkit.recipes import RecipeConfig, Splits, balanced_subset, run
     from transferkit.training.device import resolve_device
 
     source_only = runs / "mnist-mnist_m" / "source_only" / "seed0"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from transferkit.pretrained.recipes import RecipeConfig, Splits, load_splits, run
+from transferkit.recipes import RecipeConfig, Splits, load_splits, run
 
 SIZES = (20, 50, 100, 200, 500, 1000, 2000)
 
