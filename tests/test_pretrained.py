@@ -403,7 +403,7 @@ def test_cats_vs_dogs_benchmark_arguments_are_checked(args, message, capsys):
 
 
 def test_benchmark_table_and_curve_from_results(tmp_path):
-    from transferkit.pretrained.benchmark import plot_curve, render
+    from transferkit.benchmarks.cats_vs_dogs import plot_curve, render
 
     rows = [
         {

@@ -487,7 +487,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _benchmark_cats_vs_dogs(args: argparse.Namespace) -> int:
-    from transferkit.pretrained.benchmark import SIZES, run_benchmark
+    from transferkit.benchmarks.cats_vs_dogs import SIZES, run_benchmark
 
     recipes = _parse_list(args.methods, ["scratch", "extract", "finetune"], "methods") or \
         ["scratch", "extract", "finetune"]
