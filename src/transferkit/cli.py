@@ -23,7 +23,7 @@ EXIT_DATA_BAD = 1
 # two unpadded 5×5 convolutions and 2×2 poolings leave nothing of a side below 16
 # (models.digit_networks.minimum_image_size; a test keeps the two in step).
 ADAPT_MIN_IMAGE_SIZE = 16
-# The smallest --image-size of the recipes (pretrained.recipes checks the backbone itself).
+# The smallest --image-size of the recipes (transferkit.recipes checks the backbone itself).
 RECIPE_MIN_IMAGE_SIZE = 8
 # The largest --image-size: 1,024 px is four times ImageNet's 224 (an image of it, as float,
 # takes 12.6 MB; a batch of 64, 0.8 GB): beyond it memory, not the model, decides.
@@ -323,7 +323,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    from transferkit.pretrained.recipes import RecipeConfig, run
+    from transferkit.recipes import RecipeConfig, run
 
     recipe = args.command
     fields = {"recipe": recipe, "data": args.data, "backbone": args.backbone, "weights": args.weights,
@@ -350,7 +350,7 @@ def _recipe(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import json
 
-    from transferkit.pretrained.predict import expand, load_predictor, predict_files
+    from transferkit.predict import expand, load_predictor, predict_files
     from transferkit.training.device import resolve_device
 
     model = load_predictor(args.model)  # any run folder: adapt, extract, finetune, scratch
@@ -490,7 +490,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _benchmark_cats_vs_dogs(args: argparse.Namespace) -> int:
-    from transferkit.pretrained.benchmark import SIZES, run_benchmark
+    from transferkit.benchmarks.cats_vs_dogs import SIZES, run_benchmark
 
     recipes = _parse_list(args.methods, ["scratch", "extract", "finetune"], "methods") or \
         ["scratch", "extract", "finetune"]

@@ -2,8 +2,8 @@
 the preprocessing it expects written beside it.
 
 The model is loaded exactly as ``transferkit predict`` loads it
-(:func:`transferkit.pretrained.predict.load_predictor`), and the graph written is the very
-module ``predict`` runs (:class:`~transferkit.pretrained.predict.ProbabilityModel`):
+(:func:`transferkit.predict.load_predictor`), and the graph written is the very
+module ``predict`` runs (:class:`~transferkit.predict.ProbabilityModel`):
 
 - input ``images``: float32 N×3×S×S, RGB, channels first, values in [0, 1] (pixel / 255), S the
   run's input size, N free (a dynamic batch axis);
@@ -38,7 +38,7 @@ import torch
 
 from transferkit import __version__
 from transferkit.errors import TransferkitError
-from transferkit.pretrained.predict import Predictor, ProbabilityModel, load_predictor
+from transferkit.predict import Predictor, ProbabilityModel, load_predictor
 from transferkit.training.runfolder import replace_file, write_error, write_json
 
 FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}

@@ -482,10 +482,10 @@ def _adapt_report(
 def _recipe_report(
     run: Path, out: Path, config: dict[str, Any], samples: int, data_root: str | None
 ) -> tuple[str, dict, list, list]:
+    from transferkit.data import imaging
     from transferkit.data.images import ImageSet, stack_images
-    from transferkit.pretrained import imaging
-    from transferkit.pretrained.classifier import OnlineInputs, evaluate, load_model
-    from transferkit.pretrained.recipes import load_splits
+    from transferkit.recipes import evaluate, load_model, load_splits
+    from transferkit.training.batches import OnlineInputs
 
     metrics = json.loads((run / "metrics.json").read_text())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]

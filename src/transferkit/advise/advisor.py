@@ -48,7 +48,7 @@ def parse_candidate(text: str) -> tuple[str, str]:
 def sample(image_set: Any, count: int, seed: int) -> Any:
     """A class-balanced sample of an image set (all of it when smaller)."""
     from transferkit.data.images import ImageSet, stack_images
-    from transferkit.pretrained.recipes import balanced_subset
+    from transferkit.recipes import balanced_subset
 
     labels = np.asarray(image_set.labels)
     if count >= len(labels):
@@ -63,7 +63,8 @@ def features_and_outputs(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Pooled features (n×d) and, when the network has its own classifier, its class
     probabilities (n×z)."""
-    from transferkit.pretrained import activations, imaging
+    from transferkit.data import imaging
+    from transferkit.training import activations
 
     spec = backbone.spec
     images = imaging.prepare(image_set, spec.input_size, False, spec.crop_fraction)
@@ -87,7 +88,7 @@ def features_and_outputs(
 def score_candidate(
     text: str, target: Any, device: torch.device, data_root: str | None = None, progress: bool = False
 ) -> CandidateScore:
-    from transferkit.pretrained.backbones import build_backbone
+    from transferkit.models.backbones import build_backbone
 
     started = time.perf_counter()
     name, weights = parse_candidate(text)
@@ -118,7 +119,7 @@ def domain_gap(
 ) -> dict[str, Any]:
     """Proxy A-distance between two image sets, on pixels (both as size×size RGB) and, when a
     backbone is named, on its features."""
-    from transferkit.pretrained.imaging import prepare
+    from transferkit.data.imaging import prepare
 
     gap: dict[str, Any] = {}
     pixels = proxy_a_distance(
@@ -133,7 +134,7 @@ def domain_gap(
         "size": size,
     }
     if backbone_text:
-        from transferkit.pretrained.backbones import build_backbone
+        from transferkit.models.backbones import build_backbone
 
         name, weights = parse_candidate(backbone_text)
         torch.manual_seed(0)

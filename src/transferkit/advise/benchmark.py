@@ -43,8 +43,8 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 
 
 def pixel_gaps(seeds: int, samples: int, data_root: str | None) -> list[dict[str, Any]]:
+    from transferkit.data.imaging import prepare
     from transferkit.data.loading import load_split
-    from transferkit.pretrained.imaging import prepare
 
     rows = []
     for source, target in PIXEL_PAIRS:
@@ -119,7 +119,7 @@ def transferability(
     from scipy.stats import kendalltau, spearmanr
 
     from transferkit.data.loading import load_split
-    from transferkit.pretrained.recipes import RecipeConfig, Splits, balanced_subset, run
+    from transferkit.recipes import RecipeConfig, Splits, balanced_subset, run
     from transferkit.training.device import resolve_device
 
     source_only = runs / "mnist-mnist_m" / "source_only" / "seed0"

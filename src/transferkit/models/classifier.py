@@ -12,7 +12,7 @@ Two kinds of network keep it:
 
 - :class:`~transferkit.models.digit_networks.DigitNetwork`, the DANN paper's three networks
   (they also carry the paper's domain classifier, as every digit run so far has saved it);
-- :class:`BackboneClassifier`: any backbone of :func:`transferkit.pretrained.backbones.build_backbone`
+- :class:`BackboneClassifier`: any backbone of :func:`transferkit.models.backbones.build_backbone`
   (torchvision by name, ``timm:NAME``, ``efficientnet_lite0``, ``small_convnet``, ``run:DIR``)
   → an optional bottleneck → a linear head, the layout of Transfer-Learning-Library's
   ``Classifier``. Its first stages can be frozen (``unfreeze``: how many stages with weights
@@ -125,7 +125,7 @@ def build_network(name: str, num_classes: int, image_size: int | None = None, we
     bottleneck and head."""
     if is_digit_network(name):
         return DigitNetwork(name, num_classes, image_size)
-    from transferkit.pretrained.backbones import build_backbone
+    from transferkit.models.backbones import build_backbone
 
     if weights == "imagenet" and name.startswith("run:"):
         weights = "trained"

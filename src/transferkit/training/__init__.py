@@ -1,4 +1,5 @@
-"""The one training loop every method shares, its schedules, checkpoints and devices."""
+"""The one training loop every method shares, its schedules, checkpoints and devices, and the
+frozen prefix's outputs cached on disk (:mod:`activations`)."""
 
 from transferkit.training.loop import TrainConfig, evaluate, fit
 from transferkit.training.schedules import annealed_learning_rate, grl_coefficient

@@ -6,7 +6,7 @@ tensor, ``batch(index, epoch)``, with ``index`` on its ``index_device``:
 - :class:`InMemory`: uint8 images in memory (on the training device for training), normalised
   per batch in one vectorised step — the paper's digit networks;
 - :class:`CachedInputs`: the frozen prefix's outputs, computed once per augmented view
-  (:mod:`transferkit.pretrained.activations`); epoch ``e`` reads view ``e mod V`` — feature
+  (:mod:`transferkit.training.activations`); epoch ``e`` reads view ``e mod V`` — feature
   extraction and fine-tuning on a CPU;
 - :class:`OnlineInputs`: uint8 images cropped (randomly, with flips, when given a generator)
   and run through the frozen prefix at every step.
@@ -93,7 +93,7 @@ class OnlineInputs:
             self.generator.set_state(state)
 
     def batch(self, index: torch.Tensor, epoch: int = 0) -> torch.Tensor:
-        from transferkit.pretrained import imaging
+        from transferkit.data import imaging
 
         batch = self.images[index]
         batch = (imaging.augment(batch, self.size, self.generator, self.flip)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferkit.data import imaging
 from transferkit.data.root import cache_dir
-from transferkit.pretrained import imaging
-from transferkit.pretrained.backbones import Backbone
+from transferkit.models.backbones import Backbone
 
 ACTIVATION_CACHE_VERSION = 1
 

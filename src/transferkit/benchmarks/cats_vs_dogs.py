@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from transferkit.pretrained.recipes import RecipeConfig, Splits, load_splits, run
+from transferkit.recipes import RecipeConfig, Splits, load_splits, run
 
 SIZES = (20, 50, 100, 200, 500, 1000, 2000)
 
@@ -94,8 +94,8 @@ def _measure_speed(protocol: Protocol, splits: Splits, prepared: dict, out: Path
     features every epoch (the ``views=0`` path) — 2 epochs of each, same head, same data."""
     import torch
 
-    from transferkit.pretrained import activations
-    from transferkit.pretrained.backbones import build_backbone
+    from transferkit.models.backbones import build_backbone
+    from transferkit.training import activations
     from transferkit.training.device import resolve_device
 
     device = resolve_device(protocol.extract.device)
@@ -148,7 +148,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or resume) every recipe × size × seed; write results.json, table.md, curve.png."""
     from transferkit.benchmarks.runner import _machine
-    from transferkit.pretrained import imaging
+    from transferkit.data import imaging
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def run_benchmark(
 
     def prepared_for(config: RecipeConfig) -> int:
         """Resize the three splits once per input size; returns that size."""
-        from transferkit.pretrained.backbones import build_backbone
+        from transferkit.models.backbones import build_backbone
 
         size = config.image_size or build_backbone(config.backbone, "random").spec.input_size
         if size not in prepared:

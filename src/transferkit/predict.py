@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferkit.data import imaging
 from transferkit.data.decode import IMAGE_SUFFIXES, image_files
 from transferkit.errors import DataError, TransferkitError
-from transferkit.pretrained import imaging
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Predictor:
 def load_predictor(run_dir: str | Path) -> Predictor:
     """The trained model of any run folder, loaded by that kind of run's own loader: an adapt
     run's by :class:`transferkit.api.AdaptedModel`, a recipe run's by
-    :func:`transferkit.pretrained.classifier.load_model`; a folder that is neither is one line."""
+    :func:`transferkit.recipes.load_model`; a folder that is neither is one line."""
     run = Path(run_dir)
     expected = "expected the folder of a transferkit adapt, extract, finetune or scratch run"
     if not run.is_dir():
@@ -134,7 +134,7 @@ def load_predictor(run_dir: str | Path) -> Predictor:
                                    adapted.classes).eval()
         return Predictor(network, adapted.read, adapted.image_size,
                          [DECODE_STEP, *adapted.read_steps(), SCALE_STEP], "adapt", adapted.record)
-    from transferkit.pretrained.classifier import load_model
+    from transferkit.recipes import load_model
 
     model = load_model(run)
     spec = model.backbone.spec

@@ -269,7 +269,7 @@ def _timm(name: str, weights: str) -> tuple[nn.Module, list, int, int, tuple, tu
 def _lite0(weights: str) -> tuple[nn.Module, list, int, int, tuple, tuple]:
     import timm
 
-    from transferkit.pretrained.lite0 import load_lite0_weights
+    from transferkit.models.lite0 import load_lite0_weights
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if weights == "imagenet":
@@ -400,7 +400,7 @@ def build_backbone(
     if from_file:
         state = read_state_dict(weights)
         if name == "efficientnet_lite0" and any(k.startswith("_blocks.") for k in state):
-            from transferkit.pretrained.lite0 import map_reference_keys
+            from transferkit.models.lite0 import map_reference_keys
 
             state = map_reference_keys(state, model)
         _load_into(model, state, f"--weights {weights}", ignore_prefixes=classifier)
@@ -408,7 +408,7 @@ def build_backbone(
             head = None  # the file has no classifier: ours would be random
         weights_id = "file:" + _file_identity(Path(weights))
     elif weights == "imagenet" and name == "efficientnet_lite0":
-        from transferkit.pretrained.lite0 import lite0_weights_path
+        from transferkit.models.lite0 import lite0_weights_path
 
         weights_id = "lite0:" + _file_identity(lite0_weights_path())
     elif name.startswith("run:") and weights == "trained":

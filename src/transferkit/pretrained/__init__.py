@@ -1,9 +1,0 @@
-"""Reusing ImageNet-trained networks: feature extraction, fine-tuning, and the scratch baseline.
-
-- :mod:`backbones` — pretrained bases by name, as ordered stages;
-- :mod:`activations` — the frozen prefix's outputs, cached on disk per augmented view;
-- :mod:`classifier` — backbone + new head, staged training, save/load;
-- :mod:`recipes` — ``extract``, ``finetune`` and ``scratch`` runs on a labelled data set;
-- :mod:`predict` — class and probability for image files;
-- :mod:`benchmark` — Chollet's cats-vs-dogs protocol and the data-efficiency curve.
-"""
