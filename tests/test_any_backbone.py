@@ -227,7 +227,21 @@ def test_frozen_stages_run_once_per_image_and_train_to_the_same_model(method, di
         return real_prefix(*args, **kwargs)
 
     monkeypatch.setattr(api, "with_cached_prefix", counted)
+    full_passes = []  # images the whole network (frozen stages included) predicts
+    real_predict = DomainAdapter.predict
+
+    def counted_predict(self, images, domain="target"):
+        full_passes.append(len(images))
+        return real_predict(self, images, domain)
+
+    monkeypatch.setattr(DomainAdapter, "predict", counted_predict)
     cached = DomainAdapter(**settings, run_dir=tmp_path / "cached").fit("mnist", "mnist_m")
+    if method == "dann":  # scored from the cached activations: the frozen stages ran once
+        assert full_passes == []
+        # ... and to the same numbers as the whole network gives the same model
+        assert cached.prediction_shares().as_dict() == cached.results_["label_free_check"]
+        assert full_passes == [len(cached.pair_.target_train)]
+        assert cached.score("source_test") == cached.results_["source_test_accuracy"]
     monkeypatch.setattr(api, "PREFIX_CACHE_BYTES", 0)  # too little memory: the frozen stages run per step
     stepped = DomainAdapter(**settings, run_dir=tmp_path / "stepped").fit("mnist", "mnist_m")
     if method == "vada":  # it perturbs the images themselves: never on cached activations

@@ -51,6 +51,7 @@ from transferkit.training.loop import (
     evaluate,
     fit,
     pair_data,
+    predict,
     run_batches,
     weight_average,
 )
@@ -461,6 +462,7 @@ class DomainAdapter:
             data: DomainPair | FitData = pair
             reading: Any = contextlib.nullcontext()
             self.inputs_ = "images"
+            self._prefix_cache_: FitData | None = None
             if self._reads_cached_prefix(network, pair, device):
                 # the frozen stages run once per image here, not at every step of every epoch
                 self.model_.to(device)
@@ -469,6 +471,7 @@ class DomainAdapter:
                 networks = [network] + ([average.module.network] if average is not None else [])
                 reading = reading_prefix(*networks)
                 self.inputs_ = f"frozen prefix ({network.backbone.stage_names[network.split - 1]}) cached"
+                self._prefix_cache_ = data  # the final scores reuse these activations
             run_log = open_log(self.log, self.run_dir)
             try:
                 with reading:
@@ -514,6 +517,7 @@ class DomainAdapter:
                 self._write_results()
             else:  # the same results; rank 0 writes them
                 self.results_ = self.results()
+            self._prefix_cache_ = None  # scored: the cached activations' memory goes back
         return self
 
     def _reads_cached_prefix(self, network: Any, pair: DomainPair, device: torch.device) -> bool:
@@ -590,12 +594,28 @@ class DomainAdapter:
             return torch.from_numpy(self.alignment_.predict(features, domain))
         return run_batches(self.model_, images, self.pair_).argmax(1)
 
+    def _cached_logits(self, which: str) -> torch.Tensor | None:
+        """Logits of the target training images (``which="target"``) or of the source test
+        split (``"monitor"``) from the frozen prefix's activations this fit cached, so that
+        scoring a run does not run its frozen stages again; None where there are none."""
+        cache = getattr(self, "_prefix_cache_", None)
+        if cache is None or getattr(self, "alignment_", None) is not None:
+            return None
+        inputs = cache.target if which == "target" else cache.monitor
+        if inputs is None or (which == "monitor" and
+                              self.model_.monitor_split(self.pair_) is not self.pair_.source_test):
+            return None
+        with reading_prefix(self.model_.network):
+            return predict(self.model_, inputs, cache.eval_batch_size)
+
     def prediction_shares(self) -> PredictionShares:
         """The label-free check of :mod:`transferkit.checks`: the share of the unlabelled
         target training images the model gives each class, beside each class's share of the
         source labels; ``.message()`` says which classes look wrong, if any."""
         self._check_fitted()
-        predicted = self.predict(self.pair_.target_train.images, "target")
+        cached = self._cached_logits("target")
+        predicted = (cached.argmax(1) if cached is not None
+                     else self.predict(self.pair_.target_train.images, "target"))
         return prediction_shares(predicted, self.pair_.source_train.labels, self.pair_.classes)
 
     def score(self, split: str = "target_test") -> float:
@@ -609,6 +629,9 @@ class DomainAdapter:
             raise TransferkitError(f"score({split!r}): expected target_test, source_test, "
                                    "source_train or target_train")
         if self.alignment_ is None:
+            cached = self._cached_logits("monitor") if split == "source_test" else None
+            if cached is not None:
+                return float((cached.argmax(1) == data.labels.cpu()).float().mean())
             return evaluate(self.model_, data, self.pair_)
         domain = "source" if split.startswith("source") else "target"
         return float((self.predict(data.images, domain) == data.labels).float().mean())
