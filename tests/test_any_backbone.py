@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,3 +259,30 @@ def test_frozen_stages_run_once_per_image_and_train_to_the_same_model(method, di
             torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5, msg=name)
     assert cached.model_.network.start == 0  # images again, for predict
     assert cached.predict(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2,)
+
+
+def test_another_run_on_the_same_images_and_frozen_stages_reads_their_outputs_from_disk(
+        digit_root, tmp_path, monkeypatch):
+    from transferkit.training import batches
+
+    computed = []
+    real = batches.prefix_outputs
+
+    def counted(backbone, split, inputs, **kwargs):
+        computed.append(len(inputs))
+        return real(backbone, split, inputs, **kwargs)
+
+    monkeypatch.setattr(batches, "prefix_outputs", counted)
+    settings = {"backbone": "resnet18", "weights": "random", "unfreeze": 1, "image_size": 32,
+                "epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "device": "cpu",
+                "data_root": digit_root, "progress": False}
+    first = DomainAdapter(method="dann", seed=0, run_dir=tmp_path / "a", **settings).fit("mnist", "mnist_m")
+    assert len(computed) == 3  # source train, target train, source test
+    assert len(list((Path(os.environ["TRANSFERKIT_CACHE"]) / "activations").glob("prefix-*.npy"))) == 3
+    again = DomainAdapter(method="dann", seed=0, run_dir=tmp_path / "b", **settings).fit("mnist", "mnist_m")
+    assert len(computed) == 3  # read back: the frozen stages did not run
+    for key in ("target_test_accuracy", "source_test_accuracy", "label_free_check"):
+        assert again.results_[key] == first.results_[key]
+    # another seed draws other random frozen weights: other outputs, computed afresh
+    DomainAdapter(method="dann", seed=1, run_dir=tmp_path / "c", **settings).fit("mnist", "mnist_m")
+    assert len(computed) == 6

@@ -34,7 +34,7 @@ def _cache_path(key: dict) -> Path:
     return cache_dir() / "activations" / (hashlib.sha256(blob).hexdigest()[:24] + ".npy")
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
+def save_atomic(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npy")
     os.close(handle)
@@ -135,7 +135,7 @@ def cached_views(
             flip=flip,
         )
         if cacheable:
-            _save_atomic(path, result.numpy())
+            save_atomic(path, result.numpy())
         out.append(result)
     return out
 

@@ -17,6 +17,7 @@ inputs and labels, optional unlabelled target inputs, and the labelled split it 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -155,16 +156,64 @@ def prefix_bytes(backbone: Any, split: int, image: torch.Tensor, count: int) -> 
     return one.numel() * 4 * count
 
 
+PREFIX_CACHE_VERSION = 1
+
+
+def prefix_key(backbone: Any, split: int, inputs: InMemory, device: torch.device) -> str:
+    """What a split's prefix outputs depend on, hashed: the frozen stages' weights and
+    statistics, the images' pixels, what the split's normalisation makes of black and white, the
+    device type and the torch version (a GPU's sums round differently from a CPU's)."""
+    import hashlib
+
+    from transferkit.data.imaging import identity
+    from transferkit.training.checkpoint import content_digest
+
+    digest = hashlib.sha256(f"prefix v{PREFIX_CACHE_VERSION} {backbone.spec.name} {split} "
+                            f"{device.type} torch {torch.__version__}".encode())
+    content_digest([backbone.stages[i].state_dict() for i in range(split)], digest)
+    shape = inputs.images.shape[1:]
+    probe = torch.stack([torch.zeros(shape, dtype=torch.uint8), torch.full(shape, 255, dtype=torch.uint8)])
+    content_digest(inputs.normalize(probe.to(inputs.device)).float().cpu(), digest)
+    digest.update(identity(inputs.images.cpu()).encode())
+    return digest.hexdigest()[:24]
+
+
+def _disk_prefix(backbone: Any, split: int, inputs: Any, device: torch.device,
+                 progress: bool, label: str) -> torch.Tensor:
+    """:func:`prefix_outputs`, kept on disk (``$TRANSFERKIT_CACHE/activations/prefix-KEY.npy``)
+    so that another run on the same images and frozen stages — another method, another seed —
+    reads them instead of running the stages again. A cache that cannot be read or written is
+    skipped, never fatal."""
+    import numpy as np
+
+    from transferkit.data.root import cache_dir
+    from transferkit.training.activations import save_atomic
+
+    if not isinstance(inputs, InMemory):
+        return prefix_outputs(backbone, split, inputs, progress=progress, label=label)
+    path = cache_dir() / "activations" / f"prefix-{prefix_key(backbone, split, inputs, device)}.npy"
+    try:
+        kept = torch.from_numpy(np.load(path))
+        if len(kept) == len(inputs):
+            return kept
+    except (OSError, ValueError, EOFError):
+        pass
+    outputs = prefix_outputs(backbone, split, inputs, progress=progress, label=label)
+    with contextlib.suppress(OSError):
+        save_atomic(path, outputs.numpy())
+    return outputs
+
+
 def with_cached_prefix(data: FitData, backbone: Any, split: int, device: torch.device,
                        progress: bool = False) -> FitData:
-    """``data`` with every split replaced by its frozen prefix's outputs (computed once here):
-    a network whose ``stages[:split]`` are frozen then runs only the rest at each step."""
+    """``data`` with every split replaced by its frozen prefix's outputs (computed once, and
+    kept on disk for the next run on the same images: :func:`_disk_prefix`): a network whose
+    ``stages[:split]`` are frozen then runs only the rest at each step."""
 
     def cache(inputs: Any, label: str) -> CachedInputs | None:
         if inputs is None:
             return None
-        return CachedInputs([prefix_outputs(backbone, split, inputs, progress=progress, label=label)],
-                            device)
+        return CachedInputs([_disk_prefix(backbone, split, inputs, device, progress, label)], device)
 
     return FitData(cache(data.labelled, "labelled"), data.labels.cpu(), cache(data.target, "target"),
                    cache(data.monitor, "monitor"), data.monitor_labels, data.monitor_name,
