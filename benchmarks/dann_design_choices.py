@@ -33,7 +33,7 @@ from transferkit.training.loop import TrainConfig, evaluate, fit, run_batches
 
 
 def per_domain_pair(pair: DomainPair) -> DomainPair:
-    """The pair with each domain's own mean subtracted (binarised source: only 0 and 255)."""
+    """The pair with each domain's own mean subtracted (binarized source: only 0 and 255)."""
     def mean_of(images: torch.Tensor) -> torch.Tensor:
         return (images.double().mean((0, 2, 3)) / 255).float()
 

@@ -5,7 +5,7 @@
 
 "plain" is the textbook step: NCHW float tensors, source and target through the network in
 two forward passes, ReLU before max-pooling. "transferkit" is :func:`transferkit.training.fit`
-with the DANN method on the real data (uint8 batches normalised on the fly); "transferkit +
+with the DANN method on the real data (uint8 batches normalized on the fly); "transferkit +
 EMA" the same with the weight average (``--ema-decay 0.999``) updated after every step. All
 use the paper's MNIST network and 64 + 64 images a step; the median of ``--repeats`` is
 printed. On a GPU the clock is read after the device has finished (``synchronize``), and the

@@ -1,7 +1,7 @@
 """Does VADA's virtual-adversarial probe survive float32 rounding? (issue 20, part 1)
 
-For real batches of a domain pair (64 source + 64 target images, normalised as training does)
-and a network either at its initialisation or after a few hundred source-only SGD steps, this
+For real batches of a domain pair (64 source + 64 target images, normalized as training does)
+and a network either at its initialization or after a few hundred source-only SGD steps, this
 prints, for each probe size ξ:
 
 - the share of input values that ``images + ξ·unit(d)`` changes in float32;

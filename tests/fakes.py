@@ -118,7 +118,7 @@ def write_manifest(root: Path, files: list[Path]) -> None:
 
 def write_digit_pair(root: Path, n_train: int = 96, n_test: int = 32) -> Path:
     """Tiny MNIST (idx) and MNIST-M (mirror zips) under ``root`` whose digits are learnable:
-    each class is a bright square at its own position, on noise (MNIST-M: coloured noise)."""
+    each class is a bright square at its own position, on noise (MNIST-M: colored noise)."""
     rng = np.random.default_rng(0)
 
     def draw(n: int, side: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,19 +223,19 @@ def write_zip(path: Path, members: list[tuple[str, bytes]], compression: int = z
 
 
 def png16(pixels: np.ndarray) -> bytes:
-    """A 16-bit-per-sample PNG of uint16 H×W×C pixels, C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+    """A 16-bit-per-sample PNG of uint16 H×W×C pixels, C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
     (Pillow cannot write most of these itself)."""
     import zlib
 
     height, width, channels = pixels.shape
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     rows = pixels.astype(">u2").reshape(height, width * channels)
     raw = b"".join(b"\0" + row.tobytes() for row in rows)
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
             + chunk(b"IEND", b""))
 

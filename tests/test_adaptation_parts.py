@@ -59,7 +59,7 @@ def test_paper_networks_give_class_logits_and_expected_feature_sizes(name, size,
     assert network.domain_classifier(torch.zeros(2, features)).shape == (2, 1)
 
 
-def test_he_initialisation_keeps_the_signal_and_starts_every_relu_active():
+def test_he_initialization_keeps_the_signal_and_starts_every_relu_active():
     torch.manual_seed(0)
     network = DigitNetwork("gtsrb", 43, 32)
     first = network.features[0]
@@ -72,7 +72,7 @@ def test_he_initialisation_keeps_the_signal_and_starts_every_relu_active():
     default_logits = DigitNetwork("gtsrb", 43, 32, init="pytorch")(images).std()
     # PyTorch's default init shrinks the signal layer by layer; He's keeps its scale
     assert he_logits > 10 * default_logits
-    with pytest.raises(ValueError, match="initialisation"):
+    with pytest.raises(ValueError, match="initialization"):
         DigitNetwork("mnist", 10, init="zeros")
 
 
@@ -300,7 +300,7 @@ def test_dann_mcc_is_danns_loss_plus_the_confusion_of_the_target_batch():
     assert float(gradient.abs().sum()) > 0
 
 
-def test_cdan_entropy_weights_favour_sure_images_and_average_one_per_domain():
+def test_cdan_entropy_weights_favor_sure_images_and_average_one_per_domain():
     from transferkit.methods.cdan import entropy_weights
 
     sure, unsure = torch.eye(4)[0], torch.full((4,), 0.25)
@@ -319,7 +319,7 @@ def test_cdan_conditions_the_domain_classifier_on_features_and_predictions():
     from transferkit.methods.cdan import RANDOMIZED_DIM
 
     torch.manual_seed(0)
-    network = DigitNetwork("mnist", 10, 28)  # 768 features × 10 classes > 4096: randomised map
+    network = DigitNetwork("mnist", 10, 28)  # 768 features × 10 classes > 4096: randomized map
     cdan = CDAN(network)
     assert cdan.randomized and network.domain_classifier[0].in_features == RANDOMIZED_DIM
     features, probabilities = torch.rand(5, 768), torch.softmax(torch.randn(5, 10), dim=1)

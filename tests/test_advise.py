@@ -41,7 +41,7 @@ def test_logme_matches_a_direct_evidence_computation(n, d):
         found = evidence_for_target(sigma, z, y, n, d)
         direct = direct_log_evidence(features, y, found.alpha, found.beta)
         assert found.log_evidence == pytest.approx(direct, abs=1e-8)
-        # α and β maximise the evidence: moving either away lowers the direct computation.
+        # α and β maximize the evidence: moving either away lowers the direct computation.
         for a, b in ((0.7, 1), (1.4, 1), (1, 0.7), (1, 1.4)):
             assert direct_log_evidence(features, y, found.alpha * a, found.beta * b) < direct
         per_class.append(found.log_evidence)

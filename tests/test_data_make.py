@@ -68,7 +68,7 @@ def test_each_image_is_the_digit_minus_a_patch_of_a_photo(tmp_path):
         patch = photo[top : top + 32, left : left + 32]
         expected = np.abs(digits[index].astype(int)[..., None] - patch)
         np.testing.assert_array_equal(made.images[index], expected)  # lossless WebP
-    assert set(np.unique(digits)) <= {0, 255}  # binarised, with MNIST-M's 2-pixel border
+    assert set(np.unique(digits)) <= {0, 255}  # binarized, with MNIST-M's 2-pixel border
     assert not digits[:, :2].any() and not digits[:, -2:].any()
 
 

@@ -57,14 +57,14 @@ def sample(path: Path, data: bytes) -> Path:
 
 RNG = np.random.default_rng(20)
 RGB = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-GREY = RNG.integers(0, 256, (8, 8), dtype=np.uint8)
+GRAY = RNG.integers(0, 256, (8, 8), dtype=np.uint8)
 ALPHA = RNG.integers(0, 256, (8, 8), dtype=np.uint8)
 WIDE = RNG.integers(0, 65536, (8, 8), dtype=np.uint16)  # 16-bit samples
 PALETTE = RNG.integers(0, 256, (256, 3), dtype=np.uint8)
 FLOATS = RNG.random((8, 8), dtype=np.float32)  # in [0, 1)
 
 
-def _grey(values: np.ndarray) -> np.ndarray:
+def _gray(values: np.ndarray) -> np.ndarray:
     return np.repeat(values.astype(np.uint8)[:, :, None], 3, axis=2)
 
 
@@ -75,50 +75,50 @@ def _save(image: Image.Image, fmt: str, **options) -> bytes:
 
 
 def _palette(mode: str) -> Image.Image:
-    image = Image.fromarray(GREY).convert("P") if mode == "P" else Image.new("PA", (8, 8))
+    image = Image.fromarray(GRAY).convert("P") if mode == "P" else Image.new("PA", (8, 8))
     image.putpalette(PALETTE.reshape(-1).tolist())
     if mode == "PA":
-        image.putdata(list(zip(GREY.reshape(-1).tolist(), ALPHA.reshape(-1).tolist(), strict=True)))
+        image.putdata(list(zip(GRAY.reshape(-1).tolist(), ALPHA.reshape(-1).tolist(), strict=True)))
     else:
-        image.putdata(GREY.reshape(-1).tolist())
+        image.putdata(GRAY.reshape(-1).tolist())
     return image
 
 
 def _mode_cases() -> list[tuple[str, str, bytes, str, np.ndarray, float]]:
     """(case, file suffix, encoded bytes, PIL mode it opens as, expected 8-bit RGB, tolerance)."""
     rgb = Image.fromarray(RGB)
-    wide_png = _save(Image.fromarray(WIDE), "PNG")  # Pillow writes I;16 as a 16-bit grey PNG
+    wide_png = _save(Image.fromarray(WIDE), "PNG")  # Pillow writes I;16 as a 16-bit gray PNG
     return [
-        ("1-bit png", ".png", _save(Image.fromarray(GREY > 127), "PNG"), "1",
-         _grey(np.where(GREY > 127, 255, 0)), 0),
-        ("L png", ".png", _save(Image.fromarray(GREY), "PNG"), "L", _grey(GREY), 0),
-        ("LA png", ".png", _save(Image.fromarray(np.dstack([GREY, ALPHA])), "PNG"), "LA",
-         _grey(GREY), 0),
-        ("P png", ".png", _save(_palette("P"), "PNG"), "P", PALETTE[GREY], 0),
+        ("1-bit png", ".png", _save(Image.fromarray(GRAY > 127), "PNG"), "1",
+         _gray(np.where(GRAY > 127, 255, 0)), 0),
+        ("L png", ".png", _save(Image.fromarray(GRAY), "PNG"), "L", _gray(GRAY), 0),
+        ("LA png", ".png", _save(Image.fromarray(np.dstack([GRAY, ALPHA])), "PNG"), "LA",
+         _gray(GRAY), 0),
+        ("P png", ".png", _save(_palette("P"), "PNG"), "P", PALETTE[GRAY], 0),
         ("P png with transparency", ".png", _save(_palette("P"), "PNG", transparency=3), "P",
-         PALETTE[GREY], 0),
-        ("PA tiff", ".tif", _save(_palette("PA"), "TIFF"), "PA", PALETTE[GREY], 0),
+         PALETTE[GRAY], 0),
+        ("PA tiff", ".tif", _save(_palette("PA"), "TIFF"), "PA", PALETTE[GRAY], 0),
         ("RGB png", ".png", _save(rgb, "PNG"), "RGB", RGB, 0),
         ("RGBA png", ".png", _save(Image.fromarray(np.dstack([RGB, ALPHA])), "PNG"), "RGBA", RGB, 0),
         ("CMYK tiff", ".tif", _save(rgb.convert("CMYK"), "TIFF"), "CMYK", RGB, 0),
         ("CMYK jpeg", ".jpg", _save(rgb.convert("CMYK"), "JPEG", quality=100), "CMYK", RGB, 12),
-        # YCbCr and LAB at 8 bits lose a little of the colour: expect Pillow's conversion of them
+        # YCbCr and LAB at 8 bits lose a little of the color: expect Pillow's conversion of them
         ("YCbCr tiff", ".tif", _save(rgb.convert("YCbCr"), "TIFF"), "YCbCr",
          np.asarray(rgb.convert("YCbCr").convert("RGB")), 0),
         ("LAB tiff", ".tif", _save(rgb.convert("LAB"), "TIFF"), "LAB",
          np.asarray(rgb.convert("LAB").convert("RGB")), 0),
-        ("16-bit grey png", ".png", wide_png, "I;16", _grey(WIDE >> 8), 0),
-        ("I;16 tiff", ".tif", _save(Image.fromarray(WIDE), "TIFF"), "I;16", _grey(WIDE >> 8), 0),
+        ("16-bit gray png", ".png", wide_png, "I;16", _gray(WIDE >> 8), 0),
+        ("I;16 tiff", ".tif", _save(Image.fromarray(WIDE), "TIFF"), "I;16", _gray(WIDE >> 8), 0),
         ("I;16B tiff", ".tif", _save(Image.frombytes("I;16B", (8, 8), WIDE.astype(">u2").tobytes()), "TIFF"),
-         "I;16B", _grey(WIDE >> 8), 0),
+         "I;16B", _gray(WIDE >> 8), 0),
         ("I 32-bit tiff", ".tif", _save(Image.fromarray(WIDE.astype(np.int32)), "TIFF"), "I",
-         _grey(WIDE >> 8), 0),
-        ("16-bit pgm", ".pgm", _save(Image.fromarray(WIDE), "PPM"), "I", _grey(WIDE >> 8), 0),
+         _gray(WIDE >> 8), 0),
+        ("16-bit pgm", ".pgm", _save(Image.fromarray(WIDE), "PPM"), "I", _gray(WIDE >> 8), 0),
         ("F tiff in [0, 1]", ".tif", _save(Image.fromarray(FLOATS), "TIFF"), "F",
-         _grey(np.rint(FLOATS * 255)), 0),
-        ("F tiff in [0, 255]", ".tif", _save(Image.fromarray(GREY.astype(np.float32)), "TIFF"), "F",
-         _grey(GREY), 0),
-        ("16-bit grey+alpha png", ".png", png16(np.dstack([WIDE, WIDE[::-1]])), "RGBA", _grey(WIDE >> 8), 0),
+         _gray(np.rint(FLOATS * 255)), 0),
+        ("F tiff in [0, 255]", ".tif", _save(Image.fromarray(GRAY.astype(np.float32)), "TIFF"), "F",
+         _gray(GRAY), 0),
+        ("16-bit gray+alpha png", ".png", png16(np.dstack([WIDE, WIDE[::-1]])), "RGBA", _gray(WIDE >> 8), 0),
         ("48-bit RGB png", ".png", png16(np.dstack([WIDE, WIDE.T, WIDE[::-1]])), "RGB",
          np.dstack([WIDE, WIDE.T, WIDE[::-1]]) >> 8, 0),
         ("64-bit RGBA png", ".png", png16(np.dstack([WIDE, WIDE.T, WIDE[::-1], WIDE])), "RGBA",
@@ -153,7 +153,7 @@ def test_every_image_mode_decodes_to_its_8_bit_values_in_training_data_and_predi
     assert np.abs(predicted - expected).max() <= tolerance
 
 
-def test_a_16_bit_png_decodes_like_its_8_bit_copy_in_a_zip_and_as_grey(tmp_path):
+def test_a_16_bit_png_decodes_like_its_8_bit_copy_in_a_zip_and_as_gray(tmp_path):
     """The issue's case: a photo saved with 16 bits per sample, mean 71, read as all white."""
     smooth = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8) * 2 + 10  # mean 72
     path = tmp_path / "d" / "train.zip"
@@ -166,8 +166,8 @@ def test_a_16_bit_png_decodes_like_its_8_bit_copy_in_a_zip_and_as_grey(tmp_path)
 
     from transferkit.data.decode import decode_image
 
-    grey = decode_image(png16(WIDE[:, :, None]), "wide.png", mode="L")
-    np.testing.assert_array_equal(grey[:, :, 0], WIDE >> 8)
+    gray = decode_image(png16(WIDE[:, :, None]), "wide.png", mode="L")
+    np.testing.assert_array_equal(gray[:, :, 0], WIDE >> 8)
 
 
 def _tiny_model(directory: Path) -> Path:
@@ -431,7 +431,7 @@ def test_a_non_image_is_named_without_a_memory_address(where, tmp_path, capsys):
                          ("labels.csv", b"file,label\n0.png,0\n1.png,1\n")])
         spec, named = f"zip:{tmp_path / 'd'}", f"{path}:1.png"
     err = one_line_error(capsys, scratch(spec, tmp_path))
-    assert f"{named}: not a readable image (not a format Pillow recognises)" in err
+    assert f"{named}: not a readable image (not a format Pillow recognizes)" in err
 
 
 def test_data_layer_messages_carry_no_object_reprs(tmp_path):

@@ -29,7 +29,7 @@ TOLERANCE = 1e-4  # the issue's bar for every probability
 
 @pytest.fixture(scope="module")
 def digit_run(tmp_path_factory):
-    """A DANN run on the paper's MNIST network (mnist → mnist_m: centre crop / pad to 28)."""
+    """A DANN run on the paper's MNIST network (mnist → mnist_m: center crop / pad to 28)."""
     root = write_digit_pair(tmp_path_factory.mktemp("digits"), n_train=40, n_test=16)
     run = tmp_path_factory.mktemp("runs") / "digit"
     DomainAdapter(method="dann", epochs=1, steps_per_epoch=2, batch_size=8, device="cpu", run_dir=run,
@@ -44,7 +44,7 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def new_images(tmp_path_factory):
-    """Images a caller might send: RGB and grey, PNG and JPEG, square and not, smaller and
+    """Images a caller might send: RGB and gray, PNG and JPEG, square and not, smaller and
     larger than the networks' inputs, one exactly 28×28 (the digit network's size)."""
     folder = tmp_path_factory.mktemp("new")
     rng = np.random.default_rng(5)
@@ -188,7 +188,7 @@ def test_an_exported_digit_network_agrees_with_predict_under_onnxruntime(digit_r
 def test_a_pretrained_backbone_adapt_run_exported_to_onnx_agrees_with_predict(photos, new_images, tmp_path,
                                                                                capsys):
     """A torchvision ResNet-18 (random weights: no download) adapted from labelled photos to
-    unlabelled ones: images resized to 32×32, the backbone's ImageNet normalisation in the
+    unlabelled ones: images resized to 32×32, the backbone's ImageNet normalization in the
     graph, BatchNorm layers in inference mode."""
     target = tmp_path / "target"
     target.mkdir()
@@ -214,7 +214,7 @@ def test_a_pretrained_backbone_adapt_run_exported_to_onnx_agrees_with_predict(ph
 def test_a_finetune_run_exported_to_onnx_and_to_torch_export_agrees_with_predict(photos, new_images,
                                                                                   tmp_path, capsys):
     """A recipe run (fine-tuning Chollet's convnet at 48 px: images resized to 55 on their
-    shorter side, then centre-cropped) exported to --out elsewhere, the description beside that
+    shorter side, then center-cropped) exported to --out elsewhere, the description beside that
     file; then as torch.export's program (TorchScript's replacement), loaded with torch alone."""
     run = tmp_path / "finetune"
     code, _, err = _cli(capsys, "finetune", "--data", f"folder:{photos}", "--backbone", "small_convnet",

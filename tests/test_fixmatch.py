@@ -121,7 +121,7 @@ def test_instance_norm_makes_the_network_blind_to_per_channel_brightness_and_con
     # ε = 1e-3 against variances of 0.25-9 leaves a relative difference below 1e-3
     assert gap < 1e-2 * logits.abs().max()
     assert plain_gap > 0.5 * plain(images).abs().max()
-    with pytest.raises(ValueError, match="input normalisation"):
+    with pytest.raises(ValueError, match="input normalization"):
         DigitNetwork("mnist", 10, input_norm="batch")
 
 

@@ -20,7 +20,7 @@ from transferkit.data import load_split
 from transferkit.data.images import RaggedImages
 
 
-def test_mnist_idx_reads_grey_images_and_labels(tmp_path):
+def test_mnist_idx_reads_gray_images_and_labels(tmp_path):
     images, labels = random_images(12, 28, 1), np.arange(12) % 10
     write_idx(tmp_path / "mnist", "t10k", images, labels)
     split = load_split("mnist", "test", tmp_path)

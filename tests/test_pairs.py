@@ -22,7 +22,7 @@ def digits_root(tmp_path):
     return tmp_path
 
 
-def test_pair_turns_grey_into_rgb_at_a_common_size(digits_root):
+def test_pair_turns_gray_into_rgb_at_a_common_size(digits_root):
     pair = load_pair("mnist", "mnist_m", data_root=digits_root)
     assert pair.source_train.images.shape == (8, 3, 32, 32)
     assert pair.source_train.images.dtype == torch.uint8
@@ -54,7 +54,7 @@ def test_binarized_source_has_only_black_and_white_pixels(digits_root):
 
 
 def test_center_geometry_crops_the_border_and_keeps_the_pixel_scale(digits_root):
-    """MNIST-M is MNIST padded by 2 px: centring to 28 must give back the inner 28×28 pixels
+    """MNIST-M is MNIST padded by 2 px: centering to 28 must give back the inner 28×28 pixels
     untouched (resizing would shrink the digit)."""
     from transferkit.data.loading import load_split
 

@@ -48,7 +48,7 @@ def test_lite0_mapping_reproduces_the_reference_implementation(shared_data_optio
 
         photos = load_split("cats_vs_dogs", "val", shared_data_optional)
         prepared = imaging.prepare(type(photos)(photos.images, photos.labels, photos.classes), 224)[[0, 600]]
-        real = imaging.normalise(imaging.centre(prepared, 224), backbone.spec.mean, backbone.spec.std)
+        real = imaging.normalize(imaging.center(prepared, 224), backbone.spec.mean, backbone.spec.std)
         images = torch.cat([images, real])
     with torch.no_grad():
         expected = reference(images)
@@ -185,7 +185,7 @@ def test_augment_is_seeded_and_changes_images():
     c = imaging.augment(images, 32, torch.Generator().manual_seed(2))
     assert a.shape == (6, 3, 32, 32) and a.dtype == torch.uint8
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.equal(imaging.centre(images, 32), images[:, :, 4:36, 4:36])
+    assert torch.equal(imaging.center(images, 32), images[:, :, 4:36, 4:36])
 
 
 def test_augment_without_flips_keeps_left_and_right():

@@ -54,9 +54,9 @@ def test_class_share_agreement_is_one_minus_the_total_variation():
     assert class_share_agreement(collapsed, source) == pytest.approx(0.1)  # 1 − 0.9
 
 
-def test_snd_is_the_entropy_of_each_images_neighbourhood():
+def test_snd_is_the_entropy_of_each_images_neighborhood():
     labels = torch.arange(200) % CLASSES
-    # each image of 10 tight clusters of 20 has 19 equally near neighbours: entropy near log 19
+    # each image of 10 tight clusters of 20 has 19 equally near neighbors: entropy near log 19
     assert soft_neighborhood_density(_confident(labels)) == pytest.approx(math.log(19), abs=0.05)
     # fewer, larger clusters are denser still: SND cannot see a collapse into few classes,
     # one reason the validators are compared by measurement

@@ -83,7 +83,7 @@ PAIR_NETWORKS: dict[tuple[str, str], tuple[str, int]] = {
 }
 
 
-# Pairs whose images must be centred, not resized, to share one geometry: MNIST-M's 32×32
+# Pairs whose images must be centered, not resized, to share one geometry: MNIST-M's 32×32
 # images are MNIST digits with a 2-pixel border, so resizing them to 28×28 would shrink every
 # digit by an eighth relative to the source; cropping the border restores MNIST's geometry.
 PAIR_GEOMETRIES: dict[tuple[str, str], str] = {("mnist", "mnist_m"): "center"}
@@ -140,7 +140,7 @@ def run_alignment(run: Path, model: Method, pair: DomainPair, seed: int) -> Subs
     return fit_alignment(model, pair, seed)
 
 
-# How a finished run's model wants its images (size, geometry, normalisation, class names):
+# How a finished run's model wants its images (size, geometry, normalization, class names):
 # what `transferkit predict` needs without the run's data sets.
 PREPROCESSING_FILE = "preprocessing.json"
 
@@ -163,7 +163,7 @@ def method_of_run(run: Path, config: dict[str, Any], classes: int,
 
 
 def preprocessing(pair: DomainPair, geometry: str | None) -> dict[str, Any]:
-    """What ``preprocessing.json`` records of a run's pair: size, geometry, normalisation, classes."""
+    """What ``preprocessing.json`` records of a run's pair: size, geometry, normalization, classes."""
     return {"image_size": pair.image_size, "geometry": geometry or "resize", "mean": pair.mean.tolist(),
             "std": pair.std.tolist() if pair.std is not None else [1.0] * len(pair.mean),
             "classes": list(pair.classes)}
@@ -198,7 +198,7 @@ class AdaptedModel(torch.nn.Module):
         self.method = method_of_run(run, config, len(self.classes)).eval()
 
     def read(self, path: Path) -> torch.Tensor:
-        """One image file as uint8 C×H×W in the run's form (resized, or centre-cropped/padded)."""
+        """One image file as uint8 C×H×W in the run's form (resized, or center-cropped/padded)."""
         from transferkit.data.decode import read_image_file
         from transferkit.data.pairs import center_to
 
@@ -217,7 +217,7 @@ class AdaptedModel(torch.nn.Module):
         size = [self.image_size, self.image_size]
         if self.geometry == "center":
             return [{"op": "center_crop_or_pad", "size": size,
-                     "does": "unless the image is already this size: centre-crop the sides longer "
+                     "does": "unless the image is already this size: center-crop the sides longer "
                              "than it and zero-pad the sides shorter than it, pixel scale kept; crop "
                              "offset floor((side - size) / 2), padding floor((size - side) / 2) before "
                              "and the rest after"}]
@@ -229,9 +229,9 @@ class AdaptedModel(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits of uint8 N×C×H×W images in the run's form."""
-        from transferkit.data.imaging import standardise
+        from transferkit.data.imaging import standardize
 
-        return self.method(standardise(images.float().div(255.0), self.mean, self.std))
+        return self.method(standardize(images.float().div(255.0), self.mean, self.std))
 
 
 # Settings a run may change when it resumes; any other difference is another run.
@@ -329,7 +329,7 @@ class DomainAdapter:
         if backbone is None and (weights != "imagenet" or unfreeze != "all" or bottleneck != BOTTLENECK):
             raise TransferkitError("--weights, --unfreeze and --bottleneck apply to a --backbone; the "
                                    "paper's digit networks train from scratch, whole")
-        if backbone is not None and batch_size < 2:  # BatchNorm needs two images to normalise
+        if backbone is not None and batch_size < 2:  # BatchNorm needs two images to normalize
             raise TransferkitError(f"--batch-size {batch_size}: a --backbone network has BatchNorm "
                                    "layers, which need batches of at least 2 images")
         if weights not in ("imagenet", "random", "trained"):  # a file: found again from anywhere
@@ -341,7 +341,7 @@ class DomainAdapter:
                                    f"{', '.join(INPUT_NORMS)} or none")
         if input_norm is not None and backbone is not None:
             raise TransferkitError("--input-norm applies to the paper's digit networks; a --backbone "
-                                   "normalises its inputs its own way")
+                                   "normalizes its inputs its own way")
         self.input_norm = input_norm
         if select in ("last", ""):
             select = None
@@ -429,7 +429,7 @@ class DomainAdapter:
                                                            len(pair.classes))[0]
         torch.manual_seed(self.config.seed)  # the same initial weights for every method
         network = self._build_network(len(pair.classes), pair.image_size)
-        if self.backbone is not None:  # the backbone's own input normalisation
+        if self.backbone is not None:  # the backbone's own input normalization
             spec = network.backbone.spec
             pair = pair.with_normalization(spec.mean, spec.std)
         self.pair_ = pair

@@ -136,7 +136,7 @@ def _data_list(args: argparse.Namespace) -> int:
         where = str(base) if found else "missing"
         classes = len(source.classes) if source.classes else "?"
         print(f"{source.name:<13} {where}")
-        print(f"{'':<13} {source.title}; {classes} classes; licence: {source.licence}")
+        print(f"{'':<13} {source.title}; {classes} classes; license: {source.license}")
         print(f"{'':<13} splits: {' · '.join(found) if found else ', '.join(source.splits)}")
     return 0
 
@@ -194,7 +194,7 @@ def _data_make(args: argparse.Namespace) -> int:
             raise TransferkitError(f"--digits {args.digits}: its {split} images differ in size; "
                                    "expected digits of one size (at most 32×32)")
         if image_set.images.shape[-1] != 1:
-            raise TransferkitError(f"--digits {args.digits}: expected grey images, its {split} split "
+            raise TransferkitError(f"--digits {args.digits}: expected gray images, its {split} split "
                                    f"has {image_set.images.shape[-1]} channels")
         count = len(image_set.labels) if args.limit is None else min(args.limit, len(image_set.labels))
         splits[split] = (np.asarray(image_set.images[:count]), np.asarray(image_set.labels[:count]))
@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
         "make", help="make an MNIST-M-like data set from digits and a folder of photos",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Make an MNIST-M-like data set as Ganin et al. 2016 (§5.2.1) made MNIST-M: "
-                    "each digit\nbinarised, padded to 32×32 and blended over a random 32×32 "
+                    "each digit\nbinarized, padded to 32×32 and blended over a random 32×32 "
                     "patch of a random photo,\n|digit − patch| per channel. Deterministic: the "
                     "same digits, photos and --seed give the\nsame bytes. The result is a zip: "
                     "data set (train.zip, test.zip, classes.txt, make.json).",
@@ -555,10 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  transferkit adapt --method dann --source mnist --target zip:data/mnist_cd")
     make.add_argument("name", metavar="NAME", help="a name for the new data set (recorded in make.json)")
     make.add_argument("--photos", required=True, metavar="DIR",
-                      help="folder of colour photos (searched recursively) to cut patches from")
+                      help="folder of color photos (searched recursively) to cut patches from")
     make.add_argument("--out", required=True, metavar="DIR", help="folder to write the data set to")
     make.add_argument("--digits", default="mnist",
-                      help="grey digit data set to blend, every split of it (%(default)s)")
+                      help="gray digit data set to blend, every split of it (%(default)s)")
     make.add_argument("--seed", type=seed_int, default=0, help="random seed (%(default)s)")
     make.add_argument("--limit", type=positive_int, metavar="N",
                       help="only the first N images of each split (a quick, small set)")
@@ -621,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="source pixels > 0 become 255 (MNIST as MNIST-M's digits were drawn)")
     adapt.add_argument("--geometry", choices=GEOMETRIES,
                        help="how images of another size reach --image-size: resize them, or "
-                            "centre-crop / zero-pad them (pixel scale kept). Default: center for "
+                            "center-crop / zero-pad them (pixel scale kept). Default: center for "
                             "mnist → mnist_m (MNIST-M is MNIST padded by 2 px), else resize")
     adapt.add_argument("--ema-decay", type=open_unit_interval, metavar="D",
                        help="keep an exponential moving average of the weights (w̄ ← D·w̄ + "
@@ -635,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "train it from the start (a folder of other settings is still refused)")
     _add_run_options(adapt)
     adapt.add_argument("--input-norm", choices=("none", "instance"), default="none",
-                       help="the paper's digit networks: instance (normalise each image's channels "
+                       help="the paper's digit networks: instance (normalize each image's channels "
                             "to mean 0 and variance 1 first, with learnt scale and shift, as Shu et "
                             "al. 2018's networks) or none (the pair's mean subtracted; default)")
     adapt.add_argument("--select", choices=("last", *SELECTOR_NAMES), default="last",
@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the trained model of a run folder as one file that runs without "
                     "transferkit, and RUN_DIR/model.onnx.json (FILE.json) beside it: how to turn an "
                     "image file into the graph's input (decode, resize, crop, / 255), the class names "
-                    "in order, and the run's normalisation, which the graph applies itself. The graph "
+                    "in order, and the run's normalization, which the graph applies itself. The graph "
                     "takes float32 N×3×S×S RGB images in [0, 1] at the run's size S (any N) and gives "
                     "N×K class probabilities; it is loaded as predict loads the run, and checked "
                     "against it on random images before it is written. ONNX needs "
@@ -783,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "default %(default)s)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
     bench.add_argument("--input-norm", choices=("none", "instance"), default="none",
-                       help="ganin2016: the digit networks normalise each image first (see adapt "
+                       help="ganin2016: the digit networks normalize each image first (see adapt "
                             "--input-norm); default none, the paper's")
     bench.add_argument("--select", choices=("last", *SELECTOR_NAMES), default="last",
                        help="ganin2016: every run keeps the epoch a label-free validator scores "

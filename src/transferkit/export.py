@@ -7,7 +7,7 @@ module ``predict`` runs (:class:`~transferkit.predict.ProbabilityModel`):
 
 - input ``images``: float32 N×3×S×S, RGB, channels first, values in [0, 1] (pixel / 255), S the
   run's input size, N free (a dynamic batch axis);
-- inside: the run's normalisation, (x − mean) / std per channel, then its network;
+- inside: the run's normalization, (x − mean) / std per channel, then its network;
 - output ``probabilities``: float32 N×K, the softmax over the K classes, in the order of
   ``classes`` in the description. Probabilities, not logits: what ``predict`` prints, and what
   a caller compares with it; the logits are their logarithm up to a constant per image.

@@ -6,7 +6,7 @@ One path from a file to probabilities, shared with ``transferkit export``
 of run is loaded and returns a :class:`Predictor`: ``read`` brings an image file to the
 network's input (uint8 RGB at the run's size and geometry, ``steps`` says how in words), and
 ``model`` (:class:`ProbabilityModel`) takes those pixels / 255 to class probabilities, the
-run's normalisation inside.
+run's normalization inside.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def expand(paths: Iterable[str | Path]) -> list[Path]:
 
 def _read(path: Path, side: int) -> torch.Tensor:
     """One image as the training data was decoded (every mode, 16-bit ones scaled to 8 bits),
-    resized and centre-cropped to ``side``; a file that cannot be used raises the problem."""
+    resized and center-cropped to ``side``; a file that cannot be used raises the problem."""
     from transferkit.data.decode import read_image_file
 
     try:
@@ -71,7 +71,7 @@ def _read(path: Path, side: int) -> torch.Tensor:
 
 
 class ProbabilityModel(nn.Module):
-    """A run's network with its input normalisation and a softmax: float32 N×C×S×S images,
+    """A run's network with its input normalization and a softmax: float32 N×C×S×S images,
     pixel / 255 (values in [0, 1]), → N×K class probabilities in the order of ``classes``.
     What ``predict`` runs, and the graph ``export`` writes."""
 
@@ -82,12 +82,12 @@ class ProbabilityModel(nn.Module):
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1).clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(imaging.standardise(images, self.mean, self.std)).float().softmax(1)
+        return self.network(imaging.standardize(images, self.mean, self.std)).float().softmax(1)
 
 
 # How every run's images are decoded (transferkit.data.decode.read_image_file), in words.
 DECODE_STEP = {"op": "decode", "mode": "RGB",
-               "does": "Pillow: Image.open(file).convert('RGB'), 8 bits per channel (grey and palette "
+               "does": "Pillow: Image.open(file).convert('RGB'), 8 bits per channel (gray and palette "
                        "images become RGB; 16-bit and float images are scaled to 8 bits first); no "
                        "EXIF rotation"}
 SCALE_STEP = {"op": "to_float", "divide_by": 255.0,
@@ -154,7 +154,7 @@ def load_predictor(run_dir: str | Path) -> Predictor:
     with suppress(OSError, ValueError, AttributeError):  # unreadable: only the recipe's name is lost
         kind = str(json.loads((run / "model.json").read_text()).get("recipe", kind))
     network = ProbabilityModel(model, spec.mean, spec.std, model.classes).eval()
-    return Predictor(network, lambda path: imaging.centre(_read(path, side), size), size, steps, kind)
+    return Predictor(network, lambda path: imaging.center(_read(path, side), size), size, steps, kind)
 
 
 @torch.inference_mode()

@@ -307,7 +307,7 @@ def _run(
                 f"{name} ⟶ {backbone.stage_names[split - 1]}",
                 flip=config.flip,
             )
-            timings[f"prefix_{name}_{'aug' if augment else 'centre'}_seconds"] = time.perf_counter() - t
+            timings[f"prefix_{name}_{'aug' if augment else 'center'}_seconds"] = time.perf_counter() - t
             return CachedInputs([v[subset] for v in views], device)
         t = time.perf_counter()
         views = activations.cached_views(

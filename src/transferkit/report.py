@@ -106,8 +106,8 @@ def _shares(shares: PredictionShares, path: Path) -> Path:
     x = np.arange(count)
     fig, ax = plt.subplots(figsize=(1.5 + 0.4 * count, 2.8))
     ax.bar(x - 0.2, shares.source, 0.4, color="tab:gray", label="source labels")
-    colours = ["tab:red" if i in shares.flagged else "tab:blue" for i in range(count)]
-    ax.bar(x + 0.2, shares.target, 0.4, color=colours, label="predicted on target train")
+    colors = ["tab:red" if i in shares.flagged else "tab:blue" for i in range(count)]
+    ax.bar(x + 0.2, shares.target, 0.4, color=colors, label="predicted on target train")
     ax.set_xticks(x, [str(c)[:8] for c in shares.classes], rotation=90 if count > 12 else 0,
                   fontsize=7)
     ax.set_ylabel("share of images", fontsize=8)
@@ -132,7 +132,7 @@ def _grid(rows: list[tuple[str, torch.Tensor]], path: Path) -> Path:
     return _save(fig, path)
 
 
-# t-SNE's perplexity (an effective number of neighbours): 30 where there are enough points;
+# t-SNE's perplexity (an effective number of neighbors): 30 where there are enough points;
 # fewer points get a third of their number (it must stay below it), and under TSNE_MIN_POINTS
 # no embedding means anything: the figure is left out with a note.
 TSNE_PERPLEXITY = 30.0

@@ -2,13 +2,13 @@
 unlabelled target images (and the source's labels), never from target labels. Higher is better
 for every one of them, so any of them can choose among epochs, settings or methods of one pair.
 
-- ``snd``, soft neighbourhood density (Saito, Kim, Teterwak, Sclaroff, Darrell & Saenko, "Tune
+- ``snd``, soft neighborhood density (Saito, Kim, Teterwak, Sclaroff, Darrell & Saenko, "Tune
   it the Right Way: Unsupervised Validation of Domain Adaptation via Soft Neighborhood
   Density", ICCV 2021): each target image's similarity to every other (cosine of their class
   probability vectors), softmax at temperature 0.05 over the others, and the mean entropy of
   those rows. High when target images sit in dense clusters of like predictions, which is what
   a good adapted model makes of a target with real class structure.
-- ``im``, information maximisation (Gomes, Krause & Perona, NeurIPS 2010; the objective of
+- ``im``, information maximization (Gomes, Krause & Perona, NeurIPS 2010; the objective of
   SHOT, Liang et al. 2020): H(mean p) − mean H(p), high when predictions are confident
   *and* spread over the classes.
 - ``entropy``: −mean H(p), confidence alone (Morerio et al., "Minimal-Entropy Correlation
@@ -48,9 +48,9 @@ def soft_neighborhood_density(probabilities: torch.Tensor,
         raise ValueError(f"probabilities of shape {tuple(probabilities.shape)}: expected N × C, N ≥ 2")
     unit = F.normalize(probabilities.double(), dim=1)
     similarity = unit @ unit.T / temperature
-    similarity.fill_diagonal_(float("-inf"))  # an image is not its own neighbour
-    neighbours = F.softmax(similarity, dim=1)
-    return float(_entropy(neighbours).mean())
+    similarity.fill_diagonal_(float("-inf"))  # an image is not its own neighbor
+    neighbors = F.softmax(similarity, dim=1)
+    return float(_entropy(neighbors).mean())
 
 
 def information_maximization(probabilities: torch.Tensor) -> float:

@@ -40,7 +40,7 @@ def evidence_for_target(
     iterations: int = 100,
     tol: float = 1e-5,
 ) -> Evidence:
-    """Maximise the evidence of Bayesian linear regression ``y = F w + ε``, ``w ~ N(0, α⁻¹I)``,
+    """Maximize the evidence of Bayesian linear regression ``y = F w + ε``, ``w ~ N(0, α⁻¹I)``,
     ``ε ~ N(0, β⁻¹)``, over α and β by MacKay's fixed point (You et al. 2021, Algorithm 1).
 
     ``sigma`` are the eigenvalues of FᵀF (squared singular values, zeros included up to d),
@@ -75,7 +75,7 @@ def evidence_for_target(
 
 
 def logme(features: np.ndarray, labels: np.ndarray) -> float:
-    """LogME (You et al., ICML 2021): the mean over classes of the maximised log evidence per
+    """LogME (You et al., ICML 2021): the mean over classes of the maximized log evidence per
     sample of a linear model from features to the class's one-hot column."""
     features, labels = _check(features, labels)
     n, d = features.shape
@@ -151,7 +151,7 @@ def proxy_a_distance(source: np.ndarray, target: np.ndarray, samples: int = 2000
     """2(1 − 2ε), ε the held-out error of a linear classifier told to separate the two domains
     (Ben-David et al. 2007; Ganin et al. 2016 §5.1.3 use it with a linear SVM). Equal samples
     from each domain, half for training the classifier and half for measuring ε; the
-    regularisation strength is chosen by 3-fold cross-validation on the training half."""
+    regularization strength is chosen by 3-fold cross-validation on the training half."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV
     from sklearn.preprocessing import StandardScaler

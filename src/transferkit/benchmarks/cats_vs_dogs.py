@@ -319,7 +319,7 @@ def plot_curve(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("training images (balanced cats/dogs)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.45, 1.0)
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.axhline(0.5, color="gray", lw=0.8, ls=":")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title("Transfer needs less data: cats vs dogs")

@@ -23,7 +23,7 @@ class PairProtocol:
     note: str = ""
     backbone: str | None = None  # a pretrained backbone in place of the paper's ``network``
     unfreeze: int | str = "all"  # the backbone's trained stages (the others stay frozen)
-    input_norm: str | None = None  # "instance": the digit network normalises each image first
+    input_norm: str | None = None  # "instance": the digit network normalizes each image first
 
     @property
     def key(self) -> str:
@@ -48,7 +48,7 @@ GANIN2016 = Protocol(
         PairProtocol("mnist", "mnist_m", "mnist", 28, 20,
                      {"source_only": .5225, "sa": .5690, "dann": .7666, "target_only": .9596},
                      binarize_source=True, ema_decay=0.999,
-                     note="MNIST is binarised (pixel > 0 → 255) as MNIST-M's digits were when "
+                     note="MNIST is binarized (pixel > 0 → 255) as MNIST-M's digits were when "
                           "it was drawn; MNIST-M's 32×32 images are MNIST digits with a 2-pixel "
                           "border, which is cropped (not resized) to the network's 28×28"),
         PairProtocol("syn_digits", "svhn", "svhn", 32, 10,

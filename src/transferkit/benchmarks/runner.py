@@ -38,7 +38,7 @@ class RunOptions:
     machine: str | None = None  # the report's machine line (default: this machine, or the runs')
     keep_epochs: bool = False  # each run keeps every epoch's model (RUN/epochs/), see fit()
     select: str | None = None  # a label-free validator chooses each run's epoch (adapt --select)
-    input_norm: str | None = None  # overrides the pairs' input normalisation (adapt --input-norm)
+    input_norm: str | None = None  # overrides the pairs' input normalization (adapt --input-norm)
 
 
 def _machine(jobs: int = 1) -> str:

@@ -10,7 +10,7 @@ from transferkit.benchmarks.protocols import PairProtocol, Protocol
 def gap_closed(method: float | None, source_only: float | None,
                target_only: float | None) -> float | None:
     """Share of the source-only → train-on-target gap a method closes, as the paper's
-    parenthesised percentages: (acc − source only) / (train on target − source only)."""
+    parenthesized percentages: (acc − source only) / (train on target − source only)."""
     if None in (method, source_only, target_only) or target_only == source_only:
         return None
     return (method - source_only) / (target_only - source_only)  # type: ignore[operator]

@@ -1,5 +1,5 @@
 """Data layer: dataset registry, offline-first loading, decode-once cache, domain pairs, and
-photos to network inputs (:mod:`imaging`: resize once, crop, flip, normalise).
+photos to network inputs (:mod:`imaging`: resize once, crop, flip, normalize).
 
 Domain pairs need torch; they are imported on first use so that listing and verifying data
 stays quick.

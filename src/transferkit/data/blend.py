@@ -1,11 +1,11 @@
 """MNIST-M-like data sets, made the way Ganin et al. made MNIST-M, from any folder of photos.
 
 Ganin et al. 2016 (JMLR, §5.2.1) built MNIST-M by blending each MNIST digit over a patch cut at
-random from a colour photo (theirs: BSDS500), I_out = |I_digit − I_patch| per pixel and
+random from a color photo (theirs: BSDS500), I_out = |I_digit − I_patch| per pixel and
 channel. Their released images are 32 × 32: the 28 × 28 digit with a 2-pixel border. This
 module does the same with photos of the user's choosing:
 
-1. every digit is binarised (a pixel > 0 becomes 255) and padded to 32 × 32 with zeros;
+1. every digit is binarized (a pixel > 0 becomes 255) and padded to 32 × 32 with zeros;
 2. a photo is drawn at random, then a 32 × 32 patch at a random position of it;
 3. the image is |digit − patch| in each of the three channels.
 
@@ -73,7 +73,7 @@ def _open_photo(path: Path) -> np.ndarray:
 
 
 def binarized_digits(digits: np.ndarray) -> np.ndarray:
-    """N × 32 × 32 uint8: each 28 × 28 grey digit binarised (> 0 → 255), centred with a
+    """N × 32 × 32 uint8: each 28 × 28 gray digit binarized (> 0 → 255), centered with a
     2-pixel border of zeros (MNIST-M's layout)."""
     if digits.ndim == 4:
         digits = digits[..., 0]

@@ -73,7 +73,7 @@ def read_text_file(path: Path) -> str:
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
-    """An image of more than 8 bits per sample as 8-bit grey (mode L).
+    """An image of more than 8 bits per sample as 8-bit gray (mode L).
 
     16-bit samples (I;16…, and I, as which Pillow opens 16-bit PGMs) keep their high byte, as
     Pillow itself reduces 16-bit RGB PNGs; floats (F) in [0, 1] are scaled by 255, floats up to
@@ -123,7 +123,7 @@ def decode_image(
     except Image.DecompressionBombError as exc:
         raise DataError(name, _bomb_problem(exc)) from None
     except UnidentifiedImageError:
-        raise DataError(name, "not a readable image (not a format Pillow recognises)") from None
+        raise DataError(name, "not a readable image (not a format Pillow recognizes)") from None
     except MemoryError:
         raise
     except Exception as exc:  # Pillow raises many types for a malformed file

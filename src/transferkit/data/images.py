@@ -56,7 +56,7 @@ def stack_images(images: list[np.ndarray]) -> np.ndarray | RaggedImages:
 class ImageSet:
     """One split of a data set.
 
-    ``images`` is uint8 N×H×W×C (C = 1 grey or 3 RGB) or :class:`RaggedImages`;
+    ``images`` is uint8 N×H×W×C (C = 1 gray or 3 RGB) or :class:`RaggedImages`;
     ``labels`` int64 class indices into ``classes``.
     """
 

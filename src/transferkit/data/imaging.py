@@ -1,7 +1,7 @@
 """Photos to network inputs: one resize per image, then crops and flips on uint8 tensors.
 
-Every image is resized once (shorter side to ``round(size / crop_fraction)``) and centre-cropped
-to a square, so a split becomes one uint8 N×3×R×R tensor. Evaluation takes the centre
+Every image is resized once (shorter side to ``round(size / crop_fraction)``) and center-cropped
+to a square, so a split becomes one uint8 N×3×R×R tensor. Evaluation takes the center
 ``size``×``size`` crop (the usual 0.875 crop of ImageNet evaluation); training takes a random
 resized crop (area 35–100 %, aspect 3/4–4/3) and a horizontal flip with probability ½.
 """
@@ -30,7 +30,7 @@ def prepare(
     image_set: ImageSet, size: int, progress: bool = False, crop_fraction: float = CROP_FRACTION
 ) -> torch.Tensor:
     """uint8 N×3×R×R: each image's shorter side resized to R = size / crop_fraction, then
-    centre-cropped to a square (grey → RGB)."""
+    center-cropped to a square (gray → RGB)."""
     side = stored_size(size, crop_fraction)
     out = torch.empty(len(image_set), 3, side, side, dtype=torch.uint8)
     items = range(len(image_set))
@@ -55,22 +55,22 @@ def identity(images: torch.Tensor) -> str:
     return digest.hexdigest()[:20]
 
 
-def standardise(images: torch.Tensor, mean, std) -> torch.Tensor:
+def standardize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """Float N×C×H×W images with values in [0, 1] → (x − mean) / std per channel, as a new
     tensor (the input is left as it is: an exported graph's input must not be written to).
-    ``mean`` and ``std``: sequences or tensors of C values. The one normalisation of
+    ``mean`` and ``std``: sequences or tensors of C values. The one normalization of
     ``predict``, the recipes and ``export``."""
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images - m) / s
 
 
-def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 N×C×H×W pixels → :func:`standardise` of pixel / 255."""
-    return standardise(images.float().div_(255), mean, std)
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 N×C×H×W pixels → :func:`standardize` of pixel / 255."""
+    return standardize(images.float().div_(255), mean, std)
 
 
-def centre(images: torch.Tensor, size: int) -> torch.Tensor:
+def center(images: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(images, [size, size])
 
 

@@ -1,6 +1,6 @@
 """Domain pairs for unsupervised domain adaptation: a labelled source, an unlabelled target.
 
-Both domains get one preprocessing, as in Ganin et al. 2016 (§5.2): grey images repeated to
+Both domains get one preprocessing, as in Ganin et al. 2016 (§5.2): gray images repeated to
 three channels, both resized to a common size, and the per-channel mean of the training
 images of both domains subtracted. Resizing is done once, here, on uint8 arrays; the mean is
 subtracted per batch by :meth:`DomainPair.normalize`.
@@ -23,7 +23,7 @@ from transferkit.names import GEOMETRIES
 
 
 def center_to(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre-crop (larger sides) or zero-pad (smaller sides) N×C×H×W images to size×size,
+    """Center-crop (larger sides) or zero-pad (smaller sides) N×C×H×W images to size×size,
     keeping the pixel scale."""
     height, width = images.shape[-2:]
     pad_height, pad_width = max(0, size - height), max(0, size - width)
@@ -37,8 +37,8 @@ def center_to(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def to_common_form(image_set: ImageSet, size: int, channels: int = 3,
                    geometry: str = "resize") -> torch.Tensor:
-    """uint8 N×C×size×size: grey repeated to RGB, then brought to ``size``: ``resize``
-    (bilinear, antialiased) or ``center`` (centre crop / zero pad, see :func:`center_to`)."""
+    """uint8 N×C×size×size: gray repeated to RGB, then brought to ``size``: ``resize``
+    (bilinear, antialiased) or ``center`` (center crop / zero pad, see :func:`center_to`)."""
     if geometry not in GEOMETRIES:
         raise TransferkitError(f"geometry {geometry!r}: expected one of {', '.join(GEOMETRIES)}")
     if not isinstance(image_set.images, np.ndarray):  # photos of many sizes: one at a time
@@ -114,7 +114,7 @@ class DomainPair:
         return normalized.div_(std)
 
     def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> DomainPair:
-        """The same images normalised with a backbone's constants ((x − mean) / std, x in
+        """The same images normalized with a backbone's constants ((x − mean) / std, x in
         [0, 1]) instead of the pair's own mean."""
         return replace(self, mean=torch.tensor(mean, dtype=torch.float32),
                        std=torch.tensor(std, dtype=torch.float32))
@@ -156,7 +156,7 @@ def _pixel_mean(*splits: torch.Tensor) -> torch.Tensor:
 
 def binarize(image_set: ImageSet) -> ImageSet:
     """Every non-zero pixel to 255: MNIST digits as MNIST-M was drawn from them (its digits
-    are binarised before being difference-blended over photo patches)."""
+    are binarized before being difference-blended over photo patches)."""
     if not isinstance(image_set.images, np.ndarray):
         raise TransferkitError("binarize needs images of one size")
     images = np.where(np.asarray(image_set.images) > 0, 255, 0).astype(np.uint8)
@@ -236,7 +236,7 @@ def load_pair(
 
 def pair_of_run(config: dict, data_root: str | os.PathLike[str] | None = None) -> DomainPair:
     """The domain pair a ``transferkit adapt`` run was trained on, from its ``config.json``
-    (with its backbone's normalisation, where the run recorded one)."""
+    (with its backbone's normalization, where the run recorded one)."""
     pair = load_pair(config["source"], config["target"], size=config["image_size"], data_root=data_root,
                      binarize_source=config.get("binarize_source", False),
                      geometry=config.get("geometry", "resize"))

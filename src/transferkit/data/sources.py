@@ -1,6 +1,6 @@
 """The dataset registry: what each data set is, how it lies on disk, where it comes from.
 
-A source is data, not code: its classes, licence, home page, and for each split the file
+A source is data, not code: its classes, license, home page, and for each split the file
 layouts it can be read from, preferred first (the offline mirror's layout, then the official
 release's). Adding a data set is adding an entry here.
 """
@@ -54,7 +54,7 @@ class DatasetSource:
     title: str
     classes: tuple[str, ...] | None  # None: taken from the data (user folders and zips)
     splits: dict[str, tuple[Layout, ...]]
-    licence: str
+    license: str
     homepage: str
     obtain: str  # how to get the files when they cannot be downloaded
     directory: Path | None = None  # absolute for user data; else data_root / name
@@ -104,7 +104,7 @@ register(DatasetSource(
         "test": (_idx("t10k", 10000, "9fb629c4189551a2d022fa330f9573f3",
                       "ec29112dd5afa0611ce80d1b7f02629c"),),
     },
-    licence="CC BY-SA 3.0",
+    license="CC BY-SA 3.0",
     homepage="http://yann.lecun.com/exdb/mnist/",
     obtain="Download the four idx .gz files of the official release",
     channels=1,
@@ -121,7 +121,7 @@ register(DatasetSource(
         )
         for split, count in (("train", 59001), ("test", 9001))
     },
-    licence="research use",
+    license="research use",
     homepage="http://yaroslav.ganin.net/",
     obtain=(
         "Get Ganin's MNIST-M release (mnist_m.tar.gz) and extract mnist_m_train/, "
@@ -142,7 +142,7 @@ register(DatasetSource(
             "test_32x32.mat": Remote(_SVHN_URL + "test_32x32.mat",
                                      md5="eb5a983be6a315427106f1b164d9cef3")}),),
     },
-    licence="non-commercial use only",
+    license="non-commercial use only",
     homepage="http://ufldl.stanford.edu/housenumbers/",
     obtain="Download train_32x32.mat and test_32x32.mat (format 2, cropped digits)",
 ))
@@ -155,7 +155,7 @@ register(DatasetSource(
         "train": (Layout(MatFormat("synth_train_32x32.mat"), 479400),),
         "test": (Layout(MatFormat("synth_test_32x32.mat"), 9553),),
     },
-    licence="research use",
+    license="research use",
     homepage="http://yaroslav.ganin.net/",
     obtain=(
         "Get synth_train_32x32.mat and synth_test_32x32.mat (SVHN's .mat layout) from "
@@ -185,7 +185,7 @@ register(DatasetSource(
             }),
         ),
     },
-    licence="research use",
+    license="research use",
     homepage="https://benchmark.ini.rub.de/",
     obtain="Download the official training and final-test zips",
 ))
@@ -195,7 +195,7 @@ register(DatasetSource(
     title="SYN SIGNS synthetic traffic signs (Ganin & Lempitsky 2015); mirror: 1,982 of 100,000",
     classes=SIGNS,
     splits={"train": (Layout(ImageZipFormat("train.zip")),)},
-    licence="research use",
+    license="research use",
     homepage="http://yaroslav.ganin.net/",
     obtain="Pack the SYN SIGNS images as train.zip (images + labels.csv with file,label)",
 ))
@@ -211,7 +211,7 @@ register(DatasetSource(
             "usps.t.bz2": Remote(_USPS_URL + "usps.t.bz2",
                                  md5="8ea070ee2aca1ac39742fdd1ef5ed118")}),),
     },
-    licence="unknown; distributed by LIBSVM for research",
+    license="unknown; distributed by LIBSVM for research",
     homepage="https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass.html#usps",
     obtain="Download usps.bz2 and usps.t.bz2 from LIBSVM's multiclass data sets",
     channels=1,
@@ -225,7 +225,7 @@ register(DatasetSource(
         split: (Layout(ImageFolderFormat(split, classes=("cats", "dogs")), count),)
         for split, count in (("train", 2000), ("val", 1000), ("test", 1000))
     },
-    licence="non-commercial research",
+    license="non-commercial research",
     homepage="https://www.kaggle.com/c/dogs-vs-cats",
     obtain="Arrange Kaggle's Dogs vs. Cats images as train|val|test/cats|dogs/*.jpg",
 ))
@@ -245,7 +245,7 @@ def _folder_source(spec: str, path: Path) -> DatasetSource:
         splits = {"all": (Layout(ImageFolderFormat(".", classes=classes)),)}
     return DatasetSource(
         name=spec, title=f"image folder {path}", classes=classes, splits=splits,
-        licence="user data", homepage="", obtain="", directory=path,
+        license="user data", homepage="", obtain="", directory=path,
     )
 
 
@@ -263,7 +263,7 @@ def _zip_source(spec: str, path: Path) -> DatasetSource:
     classes = tuple(read_text_file(names).split()) if names.is_file() else None
     return DatasetSource(
         name=spec, title=f"image zip {path}", classes=classes, splits=splits,
-        licence="user data", homepage="", obtain="", directory=directory,
+        license="user data", homepage="", obtain="", directory=directory,
     )
 
 

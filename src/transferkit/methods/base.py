@@ -1,6 +1,6 @@
 """What a method is: a network, the losses of one step, and which data it learns from.
 
-The training loop (``transferkit.training.loop``) owns batching, schedules, optimiser,
+The training loop (``transferkit.training.loop``) owns batching, schedules, optimizer,
 logging and checkpoints; a method only says what its losses are.
 """
 
@@ -28,7 +28,7 @@ class Method(nn.Module):
         self.network = network
 
     def parameter_groups(self) -> list[dict]:
-        """Optimiser parameter groups, each with an ``lr_scale`` (the loop multiplies the
+        """Optimizer parameter groups, each with an ``lr_scale`` (the loop multiplies the
         scheduled learning rate by it): a network that has a rule (a pretrained backbone at a
         fraction of the rate, see :mod:`transferkit.models.classifier`) gets it, with the
         method's own modules at the full rate; otherwise one group of every parameter."""
@@ -58,7 +58,7 @@ class Method(nn.Module):
 
     def losses(self, images: torch.Tensor, labels: torch.Tensor,
                target_images: torch.Tensor | None, progress: float) -> dict[str, torch.Tensor]:
-        """``loss`` to minimise, plus any detached values to log. ``progress`` is p ∈ [0, 1]."""
+        """``loss`` to minimize, plus any detached values to log. ``progress`` is p ∈ [0, 1]."""
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,12 +13,12 @@ feature distributions one by one, as far as g tells the classes apart:
    held constant (no gradient reaches the label predictor through g — as the MCC weights
    here, and as the authors' Transfer-Learning-Library does);
 2. T(f, g) = f ⊗ g flattened (d_f · C values) when d_f · C ≤ 4096, and otherwise the
-   randomised multilinear map (R_f f) ⊙ (R_g g) / √d with d = 1024 and R_f, R_g fixed
+   randomized multilinear map (R_f f) ⊙ (R_g g) / √d with d = 1024 and R_f, R_g fixed
    standard-normal matrices drawn once (the paper's rule and size; the MNIST network's
-   768 features × 10 classes and the GTSRB network's 4096 × 43 both take the randomised map);
+   768 features × 10 classes and the GTSRB network's 4096 × 43 both take the randomized map);
 3. entropy conditioning (the "+E"): each image's domain loss is weighted by
    w = 1 + e^(−H(g)), so that images the classifier is sure of count more; the weights are
-   normalised to average 1 within the source half and within the target half (each domain
+   normalized to average 1 within the source half and within the target half (each domain
    keeps its share, as in the authors' code);
 4. the domain classifier and everything else are DANN's: the same hidden layers for the
    network (only its input size changes), the gradient-reversal layer with λ_p, the learning
@@ -40,12 +40,12 @@ from transferkit.models import gradient_reversal
 from transferkit.models.digit_networks import DigitNetwork, initialize, mlp
 from transferkit.training.schedules import grl_coefficient
 
-FULL_MAP_LIMIT = 4096  # f ⊗ g up to this many values; the randomised map above it
+FULL_MAP_LIMIT = 4096  # f ⊗ g up to this many values; the randomized map above it
 RANDOMIZED_DIM = 1024
 
 
 def entropy_weights(probabilities: torch.Tensor, sources: int) -> torch.Tensor:
-    """1 + e^(−H(g)) for each row of ``probabilities``, normalised to mean 1 over the first
+    """1 + e^(−H(g)) for each row of ``probabilities``, normalized to mean 1 over the first
     ``sources`` rows and over the rest separately; constants (no gradient)."""
     weights = certainty(probabilities)
     source, target = weights[:sources], weights[sources:]
@@ -74,7 +74,7 @@ class CDAN(DANN):
             initialize(network.domain_classifier)
 
     def condition(self, features: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
-        """T(f, g): the multilinear map of features and class probabilities, or its randomised
+        """T(f, g): the multilinear map of features and class probabilities, or its randomized
         approximation (item 2 of the module's text)."""
         if self.randomized:
             return ((features @ self.feature_projection)

@@ -2,14 +2,14 @@
 
 The feature extractor G_f feeds a label predictor G_y (trained on labelled source) and,
 through a gradient-reversal layer, a domain classifier G_d (trained to tell source from
-target). Minimising the domain loss through the reversal *maximises* it for G_f, which so
+target). Minimizing the domain loss through the reversal *maximizes* it for G_f, which so
 learns features the domain classifier cannot separate:
 
     E(θf, θy, θd) = 1/n Σ L_y(source) − λ · 1/(n+n') Σ L_d(source and target)
 
 The domain loss is one mean over the joint batch of n source + n' target images, as a
 logistic loss layer over the concatenated batch computes it by default (Caffe's and
-TensorFlow's batch normalisation of a loss; the public TensorFlow reimplementation of the
+TensorFlow's batch normalization of a loss; the public TensorFlow reimplementation of the
 paper's MNIST experiment does this). Eq. 9 of the paper, read
 literally, sums the source mean and the target mean: twice the adversarial pressure when
 n = n'. We measured both on MNIST → MNIST-M (seed 0, 10 epochs, recorded in

@@ -16,7 +16,7 @@ One step, on a batch of source images with labels and a batch of target images:
    and go through DANN's step as one joint batch (class loss on source, domain loss through
    the gradient-reversal layer, λ_p as DANN).
 2. The target's weak-view probabilities p_t are *aligned* to the source's class distribution
-   (AdaMatch's distribution alignment: p_t · mean(p_s) / mean(p_t), renormalised per image),
+   (AdaMatch's distribution alignment: p_t · mean(p_s) / mean(p_t), renormalized per image),
    which keeps self-training from pouring the target into a few classes (the failure the
    class-share check flagged in VADA's runs).
 3. An image's pseudo-label is its aligned argmax, kept only if its aligned confidence reaches
@@ -26,7 +26,7 @@ One step, on a batch of source images with labels and a batch of target images:
 4. The target images are *strongly* augmented (:func:`strong_view`: rotation, scale, shear,
    shift, polarity and contrast, channel order, noise, a cut-out square) and trained with
    cross-entropy toward the kept pseudo-labels, the sum over kept images divided by the batch
-   size (FixMatch's normalisation).
+   size (FixMatch's normalization).
 
 The loss of a step is DANN's + μ(p) · λ_u · L_u, with μ(p) = ½ − ½ cos(min(π, 2πp)) (AdaMatch's
 warm-up: 0 at the start, 1 from half-way on, while pseudo-labels are still bad at first).
@@ -34,7 +34,7 @@ warm-up: 0 at the start, 1 from half-way on, while pseudo-labels are still bad a
 Settings from the papers, not tuned on any evaluation pair: τ = 0.9 and λ_u = 1 and the warm-up
 (AdaMatch); the weak augmentation is FixMatch's shift of 12.5 % of the side (no flip: digits and
 signs are not mirror-symmetric). The strong augmentation is a fixed-strength stand-in for
-RandAugment + Cutout made of operations that work on any normalised image batch, chosen for
+RandAugment + Cutout made of operations that work on any normalized image batch, chosen for
 digits and signs (a polarity flip, because a blended digit may be darker or lighter than its
 background).
 
@@ -87,7 +87,7 @@ def weak_view(images: torch.Tensor, shift: float = WEAK_SHIFT) -> torch.Tensor:
 
 
 def strong_view(images: torch.Tensor) -> torch.Tensor:
-    """A heavily perturbed view of each image of a normalised N × C × H × W batch: rotation
+    """A heavily perturbed view of each image of a normalized N × C × H × W batch: rotation
     (±25°), scale (0.8–1.2), shear (±0.3), shift (±1/8 of the side); then, per image, its
     polarity flipped around its mean with probability ½, its contrast scaled by 0.5–1.5, its
     channels in a random order, Gaussian noise (σ 0.1), and a square of a quarter of the side

@@ -4,12 +4,12 @@ ECCV 2020) — a method past the DANN paper's table, not one of its rows.
 
 DANN aligns the two domains' feature distributions but says nothing of how the target images
 fall among the classes: an aligned target image can still sit between two classes. MCC adds
-one loss on the unlabelled target batch that penalises the classifier for confusing classes
+one loss on the unlabelled target batch that penalizes the classifier for confusing classes
 with one another:
 
 1. Ŷ = softmax(Z / T), the target batch's class probabilities at temperature T (B × C);
 2. each image weighted by its certainty, W_i = B · (1 + e^(−H(Ŷ_i))) / Σ_k (1 + e^(−H(Ŷ_k))),
-   H the entropy (the weights are constants of the step, not optimised through);
+   H the entropy (the weights are constants of the step, not optimized through);
 3. the class-correlation matrix C = Ŷᵀ diag(W) Ŷ, each column divided by its sum;
 4. L_MCC = (1/|classes|) Σ_j Σ_(j'≠j) C_jj' — the confusion off the diagonal.
 
@@ -42,7 +42,7 @@ def certainty(probabilities: torch.Tensor) -> torch.Tensor:
 def minimum_class_confusion(logits: torch.Tensor, temperature: float = MCC_TEMPERATURE,
                             ) -> torch.Tensor:
     """L_MCC of a batch of class logits (B × C): a scalar in [0, 1), 0 when no image's
-    probability is shared between classes (each normalised column sums to 1, so the
+    probability is shared between classes (each normalized column sums to 1, so the
     off-diagonal share is 1 − trace / C)."""
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits of shape {tuple(logits.shape)}: expected B × C with C ≥ 2")

@@ -10,7 +10,7 @@ that push it out of them (the cluster assumption):
   L_c = −mean_i Σ_k p_ik log p_ik, which rewards confident target predictions;
 - virtual adversarial training (Miyato et al. 2018): for each image x, the perturbation r of
   norm ε that changes the prediction most, found by one power iteration (H d for a random
-  unit direction d, H the Hessian of r ↦ KL(p(x) ‖ p(x + r)) at 0, normalised; computed
+  unit direction d, H the Hessian of r ↦ KL(p(x) ‖ p(x + r)) at 0, normalized; computed
   exactly, see :func:`adversarial_direction`), and the loss L_v = KL(p(x) ‖ p(x + r)) with
   p(x) held constant: the classifier is made locally smooth, on source and on target images.
 
@@ -32,7 +32,7 @@ Where the settings come from (none was chosen by a transferkit run):
   input values: 1.53 for the MNIST network's 28 × 28 × 3, 1.75 for 32 × 32 × 3.
 - The domain-adversarial part stays DANN's, not the paper's (a separately trained
   discriminator with weight 0.01 and Adam at 10⁻³): the comparison this method answers is
-  "DANN's protocol, with VADA's regularisers added or not".
+  "DANN's protocol, with VADA's regularizers added or not".
 
 Cost: the virtual adversarial terms take a forward-mode pass, a forward pass and two backward
 passes of the joint batch more per step. Measured results: ``benchmarks/results/vada.md``;
@@ -93,7 +93,7 @@ def adversarial_direction(classifier, images: torch.Tensor, logits: torch.Tensor
                           xi: float | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
     """The unit direction (per image) that changes p(x) = softmax(``logits``) most, by one
     power iteration from a random unit direction d (``start``, drawn when not given): H d,
-    normalised, H the Hessian of r ↦ KL(p(x) ‖ p(x + r)) at r = 0.
+    normalized, H the Hessian of r ↦ KL(p(x) ‖ p(x + r)) at r = 0.
 
     ``xi=None`` (the default) computes H d exactly: H = Jᵀ A J at r = 0 (J the Jacobian of the
     logits in the input, A the softmax Hessian), so H d is one forward-mode product J d, then
@@ -137,7 +137,7 @@ def probe_share_changed(images: torch.Tensor, xi: float = XI,
 
 @contextmanager
 def batchnorm_statistics_kept(module: torch.nn.Module):
-    """BatchNorm layers in training mode normalise with the batch as usual but leave their
+    """BatchNorm layers in training mode normalize with the batch as usual but leave their
     running statistics as they were: the extra passes of VAT (probe, perturbed images) are
     not data the running statistics should describe."""
     saved = []

@@ -194,7 +194,7 @@ def _torchvision_stages(name: str, model: nn.Module) -> tuple[list[tuple[str, nn
             width = model.features.eval()(probe).shape[1]
         return stages + [("pool", _Pool())], width
     raise TransferkitError(
-        f"backbone {name}: torchvision model without a recognised layout "
+        f"backbone {name}: torchvision model without a recognized layout "
         f"(supported: VGG, ResNet-like, and models with a .features sequence)"
     )
 

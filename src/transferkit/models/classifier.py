@@ -88,7 +88,7 @@ class BackboneClassifier(nn.Module):
         return self
 
     def parameter_groups(self, extra: list[nn.Parameter]) -> list[dict[str, Any]]:
-        """Optimiser groups: the trainable backbone at :data:`BACKBONE_LR_SCALE` of the rate,
+        """Optimizer groups: the trainable backbone at :data:`BACKBONE_LR_SCALE` of the rate,
         everything else (``extra``: a method's own modules) at the full rate."""
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         rest = [p for p in (*self.bottleneck.parameters(), *self.label_predictor.parameters(), *extra)

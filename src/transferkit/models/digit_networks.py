@@ -12,7 +12,7 @@ classifier (fully connected). Layer sizes follow the paper's figure:
 Choices the figure leaves open, and what we took: ReLU after every hidden layer (the paper's
 text), max-pooling, no padding for the MNIST net (its 28×28 input then gives 48×4×4 features,
 the size the figure implies), padding 2 in the SVHN and GTSRB nets so that 32×32 and 40×40
-inputs keep a spatial map through three stages; no batch normalisation or dropout (not in the
+inputs keep a spatial map through three stages; no batch normalization or dropout (not in the
 paper).
 """
 
@@ -79,7 +79,7 @@ def minimum_image_size(name: str) -> int:
     at least one value per channel (mnist 16, svhn 7, gtsrb 8): found by running it, without
     drawing from torch's random number generator."""
     spec = NETWORKS[name]
-    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the seeded stream
+    with torch.random.fork_rng(devices=[]):  # building initializes weights: keep the seeded stream
         features = spec.build_features()
     with torch.no_grad():
         for side in range(1, spec.input_size + 1):
@@ -106,7 +106,7 @@ INITIALIZATIONS = ("he", "pytorch")
 def initialize(network: nn.Module, scheme: str = "he") -> None:
     """Set the weights of every convolution and linear layer of ``network``.
 
-    ``he``: He et al. 2015 normal initialisation (std √(2 / fan-in), the variance-preserving
+    ``he``: He et al. 2015 normal initialization (std √(2 / fan-in), the variance-preserving
     choice for ReLU layers) with biases 0.1, so that every ReLU starts active. PyTorch's
     default (``pytorch``: uniform, std √(1 / (3 · fan-in)), biases near 0) shrinks the signal
     by about √6 per layer: the GTSRB network then barely moves in its first hundreds of SGD
@@ -116,7 +116,7 @@ def initialize(network: nn.Module, scheme: str = "he") -> None:
     paper's networks start (constant 0.1).
     """
     if scheme not in INITIALIZATIONS:
-        raise ValueError(f"unknown initialisation {scheme!r}: expected one of "
+        raise ValueError(f"unknown initialization {scheme!r}: expected one of "
                          f"{', '.join(INITIALIZATIONS)}")
     if scheme == "pytorch":
         return
@@ -133,7 +133,7 @@ INSTANCE_NORM_EPS = 1e-3  # the DIRT-T code's (tensorbayes instance_norm)
 class DigitNetwork(nn.Module):
     """Feature extractor + label predictor + domain classifier of one of :data:`NETWORKS`.
 
-    ``input_norm="instance"`` puts instance normalisation in front of the feature extractor:
+    ``input_norm="instance"`` puts instance normalization in front of the feature extractor:
     each image's channels are brought to mean 0 and variance 1 over its pixels, then scaled and
     shifted by learnt per-channel factors (``nn.InstanceNorm2d(3, affine=True)``, ε = 10⁻³), as
     Shu et al. 2018's digit networks do (the DIRT-T code's ``--inorm``). The network then sees
@@ -146,7 +146,7 @@ class DigitNetwork(nn.Module):
         if name not in NETWORKS:
             raise ValueError(f"unknown network {name!r}: expected one of {', '.join(NETWORKS)}")
         if input_norm is not None and input_norm not in INPUT_NORMS:
-            raise ValueError(f"unknown input normalisation {input_norm!r}: expected one of "
+            raise ValueError(f"unknown input normalization {input_norm!r}: expected one of "
                              f"{', '.join(INPUT_NORMS)} (or none)")
         spec = NETWORKS[name]
         self.spec = spec

@@ -1,7 +1,7 @@
 """Gradient reversal layer (Ganin & Lempitsky 2015; Ganin et al. 2016, §3.3, eq. 13-14).
 
-Forward is the identity; backward multiplies the incoming gradient by −λ, so minimising the
-domain classifier's loss through it *maximises* that loss for the feature extractor.
+Forward is the identity; backward multiplies the incoming gradient by −λ, so minimizing the
+domain classifier's loss through it *maximizes* that loss for the feature extractor.
 
 >>> import torch
 >>> x = torch.ones(3, requires_grad=True)

@@ -73,9 +73,9 @@ def compute(
         batch = (
             imaging.augment(batch, size, generator, flip)
             if generator is not None
-            else imaging.centre(batch, size)
+            else imaging.center(batch, size)
         )
-        x = imaging.normalise(batch.to(device), spec.mean, spec.std).contiguous(
+        x = imaging.normalize(batch.to(device), spec.mean, spec.std).contiguous(
             memory_format=torch.channels_last
         )
         chunks.append(backbone(x, 0, stop).half().cpu())
@@ -94,7 +94,7 @@ def cached_views(
     label: str = "",
     flip: bool = True,
 ) -> list[torch.Tensor]:
-    """``views`` augmented passes (``views=1`` and ``seed<0``: the centre crop) of the prefix,
+    """``views`` augmented passes (``views=1`` and ``seed<0``: the center crop) of the prefix,
     from the disk cache when the same backbone, pixels and crops were computed before."""
     cacheable = backbone.spec.weights_id != "random"
     pixels = imaging.identity(images) if cacheable else ""
@@ -123,7 +123,7 @@ def cached_views(
         generator = None
         if augmented:
             generator = torch.Generator().manual_seed(seed * 1000 + view)
-        desc = f"{label} {'view ' + str(view + 1) + '/' + str(views) if augmented else 'centre crop'}"
+        desc = f"{label} {'view ' + str(view + 1) + '/' + str(views) if augmented else 'center crop'}"
         result = compute(
             backbone,
             images,

@@ -3,8 +3,8 @@
 Each kind of *inputs* holds one split and gives the network-ready float batch of any index
 tensor, ``batch(index, epoch)``, with ``index`` on its ``index_device``:
 
-- :class:`InMemory`: uint8 images in memory (on the training device for training), normalised
-  per batch in one vectorised step — the paper's digit networks;
+- :class:`InMemory`: uint8 images in memory (on the training device for training), normalized
+  per batch in one vectorized step — the paper's digit networks;
 - :class:`CachedInputs`: the frozen prefix's outputs, computed once per augmented view
   (:mod:`transferkit.training.activations`); epoch ``e`` reads view ``e mod V`` — feature
   extraction and fine-tuning on a CPU;
@@ -98,9 +98,9 @@ class OnlineInputs:
 
         batch = self.images[index]
         batch = (imaging.augment(batch, self.size, self.generator, self.flip)
-                 if self.generator is not None else imaging.centre(batch, self.size))
+                 if self.generator is not None else imaging.center(batch, self.size))
         spec = self.backbone.spec
-        x = imaging.normalise(batch.to(self.device), spec.mean, spec.std)
+        x = imaging.normalize(batch.to(self.device), spec.mean, spec.std)
         x = x.contiguous(memory_format=torch.channels_last)
         if self.split == 0:
             return x
@@ -161,7 +161,7 @@ PREFIX_CACHE_VERSION = 1
 
 def prefix_key(backbone: Any, split: int, inputs: InMemory, device: torch.device) -> str:
     """What a split's prefix outputs depend on, hashed: the frozen stages' weights and
-    statistics, the images' pixels, what the split's normalisation makes of black and white, the
+    statistics, the images' pixels, what the split's normalization makes of black and white, the
     device type and the torch version (a GPU's sums round differently from a CPU's)."""
     import hashlib
 

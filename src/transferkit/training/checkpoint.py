@@ -49,7 +49,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     previous checkpoint intact (and a full disk is one line naming the file). The state carries
     the SHA-256 of its contents (:func:`content_digest`), checked on loading.
 
-    The state is serialised in memory first: torch's zip writer, handed a file that fails,
+    The state is serialized in memory first: torch's zip writer, handed a file that fails,
     replaces the ``OSError`` with an unspecific ``RuntimeError`` as it closes.
     """
     buffer = io.BytesIO()

@@ -2,14 +2,14 @@
 finetune / scratch recipes, runs through :func:`fit`.
 
 Batches are drawn by index from the data's inputs (:mod:`transferkit.training.batches`):
-in-memory uint8 tensors already on the training device, normalised in one vectorised step — no
+in-memory uint8 tensors already on the training device, normalized in one vectorized step — no
 per-sample Python work, no worker processes — or a frozen prefix's cached activations, or
 images augmented and run through the prefix at each step. Each epoch ends with an evaluation
 on the monitored labelled split, a line in ``metrics.jsonl`` and a checkpoint (model,
-optimiser, epoch, sampler and torch generators, the selected epoch's weights, history), so an
+optimizer, epoch, sampler and torch generators, the selected epoch's weights, history), so an
 interrupted run resumes where its last epoch ended, to the same weights.
 
-The optimiser and schedule are settings (:class:`TrainConfig`): the DANN paper's SGD with
+The optimizer and schedule are settings (:class:`TrainConfig`): the DANN paper's SGD with
 annealing for adaptation, AdamW at a constant rate for fine-tuning; so is the selection, the
 last epoch or the best on the monitored split with early stopping.
 
@@ -304,7 +304,7 @@ class _HostCountedAverage(AveragedModel):
     """:class:`AveragedModel` whose update never waits for the device.
 
     The parent compares its ``n_averaged`` buffer with zero on every update, which copies it
-    to the host: one device synchronisation per step. Here a host copy of the count decides
+    to the host: one device synchronization per step. Here a host copy of the count decides
     whether to copy or to average; the buffer is still kept (and checkpointed) as before, so
     state dicts are unchanged.
     """
@@ -438,7 +438,7 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
     ``data`` is a :class:`~transferkit.data.pairs.DomainPair` (the method's labelled split and,
     if it uses them, the target's images, in memory on the device) or any
     :class:`~transferkit.training.batches.FitData`. ``average``, made by
-    :func:`weight_average` from ``method`` before training, is updated after every optimiser
+    :func:`weight_average` from ``method`` before training, is updated after every optimizer
     step; its monitor accuracy is logged as ``average_val_accuracy``. ``clock`` (see
     :class:`RunClock`) is given the wall time a resumed run had already spent, and each
     checkpoint records the run's total so far.

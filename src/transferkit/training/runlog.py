@@ -7,7 +7,7 @@ metrics. Off by default; TensorBoard is an optional dependency (``pip install
 'transferkit[tensorboard]'``). Events go to ``RUN_DIR/tensorboard/``: ``tensorboard --logdir
 RUN_DIR/tensorboard`` (or a folder of run folders) shows them.
 
-Reading a step's losses waits for the device, so a logged step costs one synchronisation; the
+Reading a step's losses waits for the device, so a logged step costs one synchronization; the
 loop reads them only every :data:`STEP_EVERY` steps, when its progress bar does too. A resumed
 run appends to the same folder from where its checkpoint left off; steps logged after that
 checkpoint by the interrupted run are written again (TensorBoard shows the later values).
