@@ -277,12 +277,18 @@ def test_another_run_on_the_same_images_and_frozen_stages_reads_their_outputs_fr
                 "epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "device": "cpu",
                 "data_root": digit_root, "progress": False}
     first = DomainAdapter(method="dann", seed=0, run_dir=tmp_path / "a", **settings).fit("mnist", "mnist_m")
-    assert len(computed) == 3  # source train, target train, source test
-    assert len(list((Path(os.environ["TRANSFERKIT_CACHE"]) / "activations").glob("prefix-*.npy"))) == 3
+    assert len(computed) == 4  # source train, target train, source test; target test to score
+    assert len(list((Path(os.environ["TRANSFERKIT_CACHE"]) / "activations").glob("prefix-*.npy"))) == 4
     again = DomainAdapter(method="dann", seed=0, run_dir=tmp_path / "b", **settings).fit("mnist", "mnist_m")
-    assert len(computed) == 3  # read back: the frozen stages did not run
+    assert len(computed) == 4  # read back: the frozen stages did not run
     for key in ("target_test_accuracy", "source_test_accuracy", "label_free_check"):
         assert again.results_[key] == first.results_[key]
     # another seed draws other random frozen weights: other outputs, computed afresh
     DomainAdapter(method="dann", seed=1, run_dir=tmp_path / "c", **settings).fit("mnist", "mnist_m")
-    assert len(computed) == 6
+    assert len(computed) == 8
+    # a source-only run caches no target images for training; scoring it computes (and keeps)
+    # their prefix outputs once, and a DANN run on the same images then reads them
+    DomainAdapter(method="source_only", seed=2, run_dir=tmp_path / "d", **settings).fit("mnist", "mnist_m")
+    assert len(computed) == 12  # seed 2's frozen weights: all four splits afresh
+    DomainAdapter(method="dann", seed=2, run_dir=tmp_path / "e", **settings).fit("mnist", "mnist_m")
+    assert len(computed) == 12

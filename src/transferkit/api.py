@@ -40,7 +40,14 @@ from transferkit.models.classifier import (
 from transferkit.models.digit_networks import INPUT_NORMS
 from transferkit.names import GEOMETRIES
 from transferkit.training import distributed
-from transferkit.training.batches import FitData, prefix_bytes, with_cached_prefix
+from transferkit.training.batches import (
+    CachedInputs,
+    FitData,
+    InMemory,
+    disk_prefix,
+    prefix_bytes,
+    with_cached_prefix,
+)
 from transferkit.training.device import describe_machine, resolve_device
 from transferkit.training.loop import (
     CHECKPOINT,
@@ -594,17 +601,28 @@ class DomainAdapter:
             return torch.from_numpy(self.alignment_.predict(features, domain))
         return run_batches(self.model_, images, self.pair_).argmax(1)
 
-    def _cached_logits(self, which: str) -> torch.Tensor | None:
-        """Logits of the target training images (``which="target"``) or of the source test
-        split (``"monitor"``) from the frozen prefix's activations this fit cached, so that
-        scoring a run does not run its frozen stages again; None where there are none."""
+    def _cached_logits(self, split: str) -> torch.Tensor | None:
+        """Logits of one of the pair's splits (``target_train``, ``source_test``,
+        ``target_test``) for a run trained on cached prefix activations, computed from those
+        activations: the ones this fit cached, else the split's prefix outputs from the disk
+        cache (computed and kept there the first time), so that scoring a run, and every later
+        run on the same images, does not run the frozen stages again. None for other runs."""
         cache = getattr(self, "_prefix_cache_", None)
         if cache is None or getattr(self, "alignment_", None) is not None:
             return None
-        inputs = cache.target if which == "target" else cache.monitor
-        if inputs is None or (which == "monitor" and
-                              self.model_.monitor_split(self.pair_) is not self.pair_.source_test):
-            return None
+        if split == "target_train" and cache.target is not None:
+            inputs = cache.target
+        elif split == "source_test" and cache.monitor is not None and \
+                self.model_.monitor_split(self.pair_) is self.pair_.source_test:
+            inputs = cache.monitor
+        else:
+            data = getattr(self.pair_, split, None)
+            if not isinstance(data, DomainSplit):
+                return None
+            network = self.model_.network
+            images = InMemory(data.images, self.pair_.normalize, self.device_)
+            inputs = CachedInputs([disk_prefix(network.backbone, network.split, images, self.device_,
+                                               self.progress, split)], self.device_)
         with reading_prefix(self.model_.network):
             return predict(self.model_, inputs, cache.eval_batch_size)
 
@@ -613,7 +631,7 @@ class DomainAdapter:
         target training images the model gives each class, beside each class's share of the
         source labels; ``.message()`` says which classes look wrong, if any."""
         self._check_fitted()
-        cached = self._cached_logits("target")
+        cached = self._cached_logits("target_train")
         predicted = (cached.argmax(1) if cached is not None
                      else self.predict(self.pair_.target_train.images, "target"))
         return prediction_shares(predicted, self.pair_.source_train.labels, self.pair_.classes)
@@ -629,7 +647,7 @@ class DomainAdapter:
             raise TransferkitError(f"score({split!r}): expected target_test, source_test, "
                                    "source_train or target_train")
         if self.alignment_ is None:
-            cached = self._cached_logits("monitor") if split == "source_test" else None
+            cached = self._cached_logits(split)
             if cached is not None:
                 return float((cached.argmax(1) == data.labels.cpu()).float().mean())
             return evaluate(self.model_, data, self.pair_)

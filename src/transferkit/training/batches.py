@@ -178,7 +178,7 @@ def prefix_key(backbone: Any, split: int, inputs: InMemory, device: torch.device
     return digest.hexdigest()[:24]
 
 
-def _disk_prefix(backbone: Any, split: int, inputs: Any, device: torch.device,
+def disk_prefix(backbone: Any, split: int, inputs: Any, device: torch.device,
                  progress: bool, label: str) -> torch.Tensor:
     """:func:`prefix_outputs`, kept on disk (``$TRANSFERKIT_CACHE/activations/prefix-KEY.npy``)
     so that another run on the same images and frozen stages — another method, another seed —
@@ -207,13 +207,13 @@ def _disk_prefix(backbone: Any, split: int, inputs: Any, device: torch.device,
 def with_cached_prefix(data: FitData, backbone: Any, split: int, device: torch.device,
                        progress: bool = False) -> FitData:
     """``data`` with every split replaced by its frozen prefix's outputs (computed once, and
-    kept on disk for the next run on the same images: :func:`_disk_prefix`): a network whose
+    kept on disk for the next run on the same images: :func:`disk_prefix`): a network whose
     ``stages[:split]`` are frozen then runs only the rest at each step."""
 
     def cache(inputs: Any, label: str) -> CachedInputs | None:
         if inputs is None:
             return None
-        return CachedInputs([_disk_prefix(backbone, split, inputs, device, progress, label)], device)
+        return CachedInputs([disk_prefix(backbone, split, inputs, device, progress, label)], device)
 
     return FitData(cache(data.labelled, "labelled"), data.labels.cpu(), cache(data.target, "target"),
                    cache(data.monitor, "monitor"), data.monitor_labels, data.monitor_name,
