@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "benchmarks"
 
 
 def test_paired_seeds_pairs_a_report_row_with_run_folders(tmp_path):
@@ -33,3 +35,14 @@ def test_paired_seeds_pairs_a_report_row_with_run_folders(tmp_path):
     assert missing.returncode != 0 and "no measured row a → b, other" in missing.stderr
     malformed = paired(f"{report}#dann", str(tmp_path / "vada"))
     assert malformed.returncode != 0 and "REPORT.json#SOURCE:TARGET:METHOD" in malformed.stderr
+
+
+def test_every_recorded_benchmark_command_names_a_script_that_exists():
+    """README, docs and the committed results run scripts by path: a moved script moves them too."""
+    command = re.compile(r"\b(?:python3?|bash)\s+(benchmarks/[\w/]+\.(?:py|sh))\b")
+    texts = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"),
+             *(path for path in SCRIPTS.rglob("*") if path.suffix in {".md", ".json", ".py", ".sh"})]
+    named = {(match.group(1), text.relative_to(ROOT).as_posix())
+             for text in texts for match in command.finditer(text.read_text(encoding="utf-8"))}
+    assert len(named) > 20  # the pattern still finds the commands
+    assert [pair for pair in sorted(named) if not (ROOT / pair[0]).is_file()] == []

@@ -9,7 +9,7 @@ nproc
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_adaptation_parts.py 2>&1 | tee "$OUT/pytest.log" | tail -15
 python3 - <<'PY' 2>&1 | tee "$OUT/plain_step.txt"
 import statistics, sys
-sys.path.insert(0, "benchmarks")
+sys.path.insert(0, "benchmarks/experiments")
 import step_throughput as s
 rates = [s.plain_rate(1000, "cuda") for _ in range(3)]
 print(f"plain PyTorch DANN step on cuda: median {statistics.median(rates):.0f} images/s "

@@ -15,7 +15,7 @@ DEV=${DEV:-cuda}  # DEV=cpu EPOCHS=1 STEPS=20 tries the script's flow on a machi
 bench() { local limit=$1; shift
   timeout "$limit" python3 -m transferkit benchmark ganin2016 --pairs mnist:mnist_m --device $DEV \
     --out runs/gpu --data-root $D --quiet ${EPOCHS:+--epochs $EPOCHS} "$@" 2>&1 | grep -v "it/s\]\|img/s\]"; }
-timeout 120 python3 benchmarks/step_throughput.py --steps ${STEPS:-1000} --repeats 3 --device $DEV --data-root $D 2>&1 \
+timeout 120 python3 benchmarks/experiments/step_throughput.py --steps ${STEPS:-1000} --repeats 3 --device $DEV --data-root $D 2>&1 \
   | grep -v "img/s\]" | tee "$OUT/throughput.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "throughput benchmark failed: stopping"; exit 6; }
 # what comes back: the run folders without checkpoints, packed after each stage

@@ -104,8 +104,8 @@ def adversarial_direction(classifier, images: torch.Tensor, logits: torch.Tensor
     gradient of KL(p(x) ‖ p(x + ξd)) in the probe ξd, which tends to ξ H d. It needs a probe
     that the images' precision can hold: with ξ = 1e-6 (the authors' value) on float32 images
     of size ~1 most of the probe is rounded away and the direction is not H d (though still one
-    the network is sensitive to: ``benchmarks/vat_probe.py``; kept for that measurement and as a
-    float64 reference)."""
+    the network is sensitive to: ``benchmarks/experiments/vat_probe.py``; kept for that
+    measurement and as a float64 reference)."""
     probabilities = F.softmax(logits.detach(), dim=1)
     images = images.detach()
     start = torch.randn_like(images) if start is None else start.to(images)

@@ -1,6 +1,6 @@
 """Forward + backward time of the MNIST network's two convolutions, one thread, 128 images.
 
-    python benchmarks/conv_layer_times.py
+    python benchmarks/experiments/conv_layer_times.py
 
 Prints milliseconds per 128-image step for conv1 (3→32, 5×5, 28×28 input; no input gradient)
 and conv2 (32→48, 5×5, 12×12 input), channels-last and NCHW — the floor under a DANN step.

@@ -1,7 +1,7 @@
 """What keeping freed memory (glibc ``mallopt``) buys a CPU training step: an experiment.
 
-    python benchmarks/allocator_effect.py [--steps 150] [--repeats 5] [--threads 2]
-    python benchmarks/allocator_effect.py --real-data --steps 300 --repeats 6
+    python benchmarks/experiments/allocator_effect.py [--steps 150] [--repeats 5] [--threads 2]
+    python benchmarks/experiments/allocator_effect.py --real-data --steps 300 --repeats 6
 
 Each measurement is a fresh process, alternately with ``TRANSFERKIT_KEEP_FREED_MEMORY=0``
 (glibc's defaults) and with the settings on: the MNIST network's first convolution, forward

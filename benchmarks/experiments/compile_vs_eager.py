@@ -1,6 +1,6 @@
 """One DANN step of the MNIST network, eager versus ``torch.compile``, source+target images/s.
 
-    THREADS=1 python benchmarks/compile_vs_eager.py
+    THREADS=1 python benchmarks/experiments/compile_vs_eager.py
 
 Three measurements of 60 steps each (after 10 warm-up steps, which include compilation).
 """

@@ -1,6 +1,6 @@
 """First (decode) and later (cached) load time of MNIST-M train; run with the mirror present.
 
-    python benchmarks/cache_timing.py [--fresh]
+    python benchmarks/experiments/cache_timing.py [--fresh]
 
 ``--fresh`` points the cache at a new temporary folder so the first load really decodes.
 """

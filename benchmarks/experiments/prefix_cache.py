@@ -7,7 +7,7 @@ for both ways). Each way runs ``--epochs`` epochs of ``--steps`` steps of 64 + 6
 reports the median images/s over epochs, the prefix pass's seconds, the whole fit's seconds,
 and the largest weight difference between the two models. Writes JSON and Markdown.
 
-    python benchmarks/prefix_cache.py --out benchmarks/results/prefix_cache
+    python benchmarks/experiments/prefix_cache.py --out benchmarks/results/prefix_cache
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               "images_per_split": args.images, "epochs": args.epochs, "steps_per_epoch": args.steps,
               "batch": "64 + 64", "rows": rows, "max_weight_difference": difference,
               "machine": describe_machine(torch.device("cpu")), "threads": torch.get_num_threads(),
-              "command": "python benchmarks/prefix_cache.py " + " ".join(sys.argv[1:])}
+              "command": "python benchmarks/experiments/prefix_cache.py " + " ".join(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"# Frozen prefix cached or run at every step: DANN, {result['backbone']}",

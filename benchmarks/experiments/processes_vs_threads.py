@@ -2,7 +2,7 @@
 on MNIST → MNIST-M with the same global batch (64 + 64): training images/s (median over
 epochs, the global batch's rate) and target-test accuracy, alternated ``--repeats`` times.
 
-    python benchmarks/processes_vs_threads.py --out benchmarks/results/processes_vs_threads
+    python benchmarks/experiments/processes_vs_threads.py --out benchmarks/results/processes_vs_threads
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(way, results[way][-1], file=sys.stderr)
     summary = {"runs": results, "machine": describe_machine(torch.device("cpu")),
                "budget": f"{args.epochs} epochs × {args.steps} steps, global batch 64 + 64",
-               "command": "python benchmarks/processes_vs_threads.py " + " ".join(sys.argv[1:])}
+               "command": "python benchmarks/experiments/processes_vs_threads.py " + " ".join(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = ["# DANN on MNIST → MNIST-M: processes or threads on this CPU", "",

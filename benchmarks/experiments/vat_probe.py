@@ -11,8 +11,8 @@ prints, for each probe size ξ:
 - the same for the exact Hessian-vector product VADA now uses (``exact``: float32; ``exact64``:
   float64, which checks the formula against the independent finite difference).
 
-    python benchmarks/vat_probe.py                       # MNIST → MNIST-M and SYN SIGNS → GTSRB
-    python benchmarks/vat_probe.py --pairs mnist:mnist_m --steps 0
+    python benchmarks/experiments/vat_probe.py           # MNIST → MNIST-M and SYN SIGNS → GTSRB
+    python benchmarks/experiments/vat_probe.py --pairs mnist:mnist_m --steps 0
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """DANN training throughput on MNIST → MNIST-M: a plain PyTorch step versus transferkit's loop.
 
-    python benchmarks/step_throughput.py [--steps 300] [--repeats 3] [--device cpu|cuda]
-                                         [--data-root DIR]
+    python benchmarks/experiments/step_throughput.py [--steps 300] [--repeats 3] [--device cpu|cuda]
+                                                     [--data-root DIR]
 
 "plain" is the textbook step: NCHW float tensors, source and target through the network in
 two forward passes, ReLU before max-pooling. "transferkit" is :func:`transferkit.training.fit`

@@ -10,7 +10,7 @@ Runs the same short runs with the source of an older commit (``--old``, extracte
   with an MLP head and patience 1, on a generated two-class photo folder — the SHA-256 of the
   saved model, the per-epoch validation accuracy and loss, the selected epochs.
 
-    python benchmarks/no_regression.py --old 639dc9c --out benchmarks/results/no_regression
+    python benchmarks/experiments/no_regression.py --old 639dc9c --out benchmarks/results/no_regression
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: benchmarks/experiments/ is two down
 
 CHILD = r'''
 import hashlib, json, statistics, sys, tempfile
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     speed = {way: {m: [r["speed"][m] for r in results[way]] for m in old["speed"]} for way in results}
     summary = {"old": args.old, "weights": rows, "images_per_second": speed,
                "machine": _machine(), "threads": torch.get_num_threads(),
-               "command": "python benchmarks/no_regression.py " + " ".join(sys.argv[1:])}
+               "command": "python benchmarks/experiments/no_regression.py " + " ".join(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"# The one loop against commit {args.old}'s two loops", "",

@@ -1,6 +1,6 @@
 """The DANN design choices on MNIST → MNIST-M, one run per call (seed 0, 10 epochs, CPU).
 
-    python benchmarks/dann_design_choices.py NAME [init=he|pytorch|tf] [loss=mean|sum]
+    python benchmarks/experiments/dann_design_choices.py NAME [init=he|pytorch|tf] [loss=mean|sum]
         [geometry=center|resize] [norm=joint|per_domain] [dc=paper|big] [seed=0] [epochs=10]
 
 Prints one JSON line (and writes NAME.json to --out, default the current folder): last-epoch
