@@ -1,0 +1,11 @@
+"""``transferkit report RUN_DIR``: one self-contained HTML page about a run, plus its PNGs.
+
+:mod:`pages` assembles the page of each kind of run, :mod:`figures` draws its PNGs, and
+:mod:`features` loads a run's network and computes the features and predictions they show.
+"""
+
+from transferkit.report.features import adapt_network, features_and_predictions
+from transferkit.report.figures import _plt, _save
+from transferkit.report.pages import report
+
+__all__ = ["_plt", "_save", "adapt_network", "features_and_predictions", "report"]
