@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.benchmarks.protocols import PairProtocol, Protocol
-from transferkit.report import _plt, _save
+from transferkit.report.figures import pyplot, save_figure
 
 
 def plot_accuracies(protocol: Protocol, pairs: list[PairProtocol], methods: list[str],
@@ -19,7 +19,7 @@ def plot_accuracies(protocol: Protocol, pairs: list[PairProtocol], methods: list
     if not shown:
         path.unlink(missing_ok=True)  # no picture of an earlier report stays beside this one
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
     for ax, pair in zip(axes[0], shown, strict=True):
         for x, method in enumerate(methods):
@@ -42,4 +42,4 @@ def plot_accuracies(protocol: Protocol, pairs: list[PairProtocol], methods: list
         ax.set_ylabel("target-test accuracy", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -5,7 +5,6 @@
 """
 
 from transferkit.report.features import adapt_network, features_and_predictions
-from transferkit.report.figures import _plt, _save
 from transferkit.report.pages import report
 
-__all__ = ["_plt", "_save", "adapt_network", "features_and_predictions", "report"]
+__all__ = ["adapt_network", "features_and_predictions", "report"]

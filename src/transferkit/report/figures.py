@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from transferkit.checks import PredictionShares
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +22,7 @@ def _plt():
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """The figure as a PNG at ``path``, replaced whole (a full disk is one line naming it)."""
     from transferkit.training.runfolder import replace_file
 
@@ -30,12 +30,12 @@ def _save(fig: Any, path: Path) -> Path:
     try:
         replace_file(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
     return path
 
 
 def curves(history: list[dict[str, Any]], keys: list[tuple[str, str]], path: Path, x: str = "epoch") -> Path:
-    plt = _plt()
+    plt = pyplot()
     groups = [g for g in keys if any(g[0] in h for h in history)]
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.0), squeeze=False)
     for ax, (key, title) in zip(axes[0], groups, strict=True):
@@ -51,7 +51,7 @@ def curves(history: list[dict[str, Any]], keys: list[tuple[str, str]], path: Pat
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion(
@@ -59,7 +59,7 @@ def confusion(
 ) -> Path:
     from sklearn.metrics import confusion_matrix
 
-    plt = _plt()
+    plt = pyplot()
     matrix = confusion_matrix(true, predicted, labels=range(len(classes)))
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(classes), 1.0 + 0.45 * len(classes)))
     ax.imshow(matrix, cmap="Blues")
@@ -78,13 +78,13 @@ def confusion(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def shares(shares: PredictionShares, path: Path) -> Path:
     """Bars per class: its share of the source labels, and of the model's predictions on the
     unlabelled target training images; flagged classes (transferkit.checks) in red."""
-    plt = _plt()
+    plt = pyplot()
     count = len(shares.classes)
     x = np.arange(count)
     fig, ax = plt.subplots(figsize=(1.5 + 0.4 * count, 2.8))
@@ -97,12 +97,12 @@ def shares(shares: PredictionShares, path: Path) -> Path:
     ax.set_title(f"total variation {shares.total_variation:.3f}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def grid(rows: list[tuple[str, torch.Tensor]], path: Path) -> Path:
     """One row of uint8 C×H×W images per (label, images)."""
-    plt = _plt()
+    plt = pyplot()
     columns = max(len(images) for _, images in rows)
     fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.9, len(rows) * 1.0), squeeze=False)
     for r, (label, images) in enumerate(rows):
@@ -112,7 +112,7 @@ def grid(rows: list[tuple[str, torch.Tensor]], path: Path) -> Path:
             if c < len(images):
                 ax.imshow(images[c].permute(1, 2, 0).numpy())
         axes[r][0].set_title(label, fontsize=8, loc="left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # t-SNE's perplexity (an effective number of neighbors): 30 where there are enough points;
@@ -139,7 +139,7 @@ def _tsne(
     perplexity = tsne_perplexity(min(len(features) for _, features, _, _ in panels))
     if perplexity is None:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
     for ax, (title, features, groups, names) in zip(axes[0], panels, strict=True):
         embedded = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
@@ -152,7 +152,7 @@ def _tsne(
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(fontsize=7, markerscale=3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def add_tsne(
