@@ -147,3 +147,5 @@ def test_select_keeps_the_epoch_a_label_free_validator_scores_highest(tmp_path):
         DomainAdapter(**settings, run_dir=run, select="accuracy")
     with pytest.raises(TransferkitError, match="folder"):
         DomainAdapter(**settings, select="im")
+    with pytest.raises(TransferkitError, match="SA"):
+        DomainAdapter(**{**settings, "method": "sa"}, run_dir=run, select="im")

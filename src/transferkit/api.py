@@ -354,6 +354,9 @@ class DomainAdapter:
             select = None
         if select is not None and select not in SELECTORS:
             raise TransferkitError(f"--select {select}: expected one of last, {', '.join(SELECTORS)}")
+        if select is not None and method == "sa":
+            raise TransferkitError("--select chooses a trained network's epoch; SA's subspace size is "
+                                   "chosen on source data, and its network is the source-only one")
         if select is not None and run_dir is None:
             raise TransferkitError("--select chooses among the epochs a run keeps in its folder: "
                                    "give the run a folder (--out, run_dir)")
@@ -397,6 +400,9 @@ class DomainAdapter:
         metrics and model are discarded first and it trains from the start), and a folder
         holding a run of other settings is refused."""
         clock = RunClock()
+        if distributed.launched() and self.select is not None:
+            raise TransferkitError("--select under torchrun: the kept epochs are written by rank 0 "
+                                   "alone; run it in one process, or choose afterwards")
         if distributed.launched() and trained_method(self.method).perturbs_inputs:
             raise TransferkitError(f"--method {self.method} under torchrun: its input-perturbation "
                                    "passes are not supported across processes yet; run it in one process")
