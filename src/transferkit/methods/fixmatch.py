@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.methods.dann import DANN
+from transferkit.methods.vada import batchnorm_statistics_kept
 
 CONFIDENCE = 0.9  # τ, relative to the source's mean confidence (AdaMatch)
 UNLABELLED_WEIGHT = 1.0  # λ_u (FixMatch, AdaMatch)
@@ -155,7 +156,11 @@ class DANNFixMatch(DANN):
                                                         self.confidence)
         ramp = warm_up(progress)
         if ramp > 0.0 and bool(keep.any()):
-            strong_logits = self.network(strong_view(target_images))
+            # a BatchNorm layer normalizes this batch as usual but keeps its running statistics
+            # (the model's at evaluation) to the weak joint batch's: no strongly augmented
+            # images in them
+            with batchnorm_statistics_kept(self.network):
+                strong_logits = self.network(strong_view(target_images))
             per_image = F.cross_entropy(strong_logits, pseudo, reduction="none")
             unlabelled = (per_image * keep.to(per_image.dtype)).sum() / len(target_images)
             values["loss"] = values["loss"] + ramp * self.weight * unlabelled

@@ -170,6 +170,7 @@ def prefix_key(backbone: Any, split: int, inputs: InMemory, device: torch.device
 
     digest = hashlib.sha256(f"prefix v{PREFIX_CACHE_VERSION} {backbone.spec.name} {split} "
                             f"{device.type} torch {torch.__version__}".encode())
+    digest.update(repr(backbone.stages[:split]).encode())  # the layers' settings, not only weights
     content_digest([backbone.stages[i].state_dict() for i in range(split)], digest)
     shape = inputs.images.shape[1:]
     probe = torch.stack([torch.zeros(shape, dtype=torch.uint8), torch.full(shape, 255, dtype=torch.uint8)])
@@ -194,7 +195,11 @@ def disk_prefix(backbone: Any, split: int, inputs: Any, device: torch.device,
     path = cache_dir() / "activations" / f"prefix-{prefix_key(backbone, split, inputs, device)}.npy"
     try:
         kept = torch.from_numpy(np.load(path))
-        if len(kept) == len(inputs):
+        was_training = backbone.training
+        with torch.no_grad():  # what one image must give
+            one = backbone.eval()(inputs.slice(0, 1), 0, split)
+        backbone.train(was_training)
+        if kept.dtype == torch.float32 and kept.shape == (len(inputs), *one.shape[1:]):
             return kept
     except (OSError, ValueError, EOFError):
         pass
