@@ -25,7 +25,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
 from scipy.stats import spearmanr
 
 
@@ -41,8 +40,8 @@ def score_run(run: Path, sample: int) -> list[dict]:
     from safetensors.torch import load_file
 
     from transferkit.api import DomainAdapter
-    from transferkit.training.loop import evaluate, run_batches
-    from transferkit.validators import label_free_scores, sample_indices
+    from transferkit.training.loop import evaluate
+    from transferkit.validators import VALIDATORS, model_scores, sample_indices
 
     adapter = DomainAdapter.load(run, progress=False)
     pair, model = adapter.pair_, adapter.model_
@@ -54,10 +53,7 @@ def score_run(run: Path, sample: int) -> list[dict]:
     for name, path in candidates(run):
         model.load_state_dict(load_file(str(path)))
         model.eval()
-        with torch.no_grad():
-            probabilities = torch.softmax(run_batches(model, images, pair).float(), dim=1)
-        scores = label_free_scores(probabilities, pair.source_train.labels)
-        scores["source_accuracy"] = evaluate(model, pair.source_test, pair)
+        scores = model_scores(model, pair, images, (*VALIDATORS, "source_accuracy"))
         rows.append({"run": str(run), "candidate": name, "scores": scores,
                      "target_test_accuracy": evaluate(model, pair.target_test, pair)})
         print(f"{run} {name}: target {rows[-1]['target_test_accuracy']:.4f} "

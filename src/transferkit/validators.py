@@ -102,6 +102,25 @@ def label_free_scores(probabilities: torch.Tensor, source_labels: torch.Tensor,
 SELECTORS = SELECTOR_NAMES  # the validators, and source_accuracy: the source test split's
 
 
+def model_scores(method, pair, images: torch.Tensor, names: tuple[str, ...] = SELECTOR_NAMES,
+                 ) -> dict[str, float]:
+    """``names`` (validators, and ``source_accuracy``) of ``method`` in inference mode: the
+    validators on its class probabilities for ``images`` (unlabeled target images), source
+    accuracy on the pair's source test split. The one scoring of ``choose_epoch`` and the
+    validator study."""
+    from transferkit.training.loop import evaluate, run_batches
+
+    scores: dict[str, float] = {}
+    validators = tuple(n for n in names if n != "source_accuracy")
+    if validators:
+        with torch.no_grad():
+            probabilities = torch.softmax(run_batches(method, images, pair).float(), dim=1)
+        scores = label_free_scores(probabilities, pair.source_train.labels, validators)
+    if "source_accuracy" in names:
+        scores["source_accuracy"] = evaluate(method, pair.source_test, pair)
+    return scores
+
+
 def choose_epoch(method, pair, folder, validator: str, sample: int = SAMPLE,
                  ) -> tuple[int, dict[int, float]]:
     """The kept epoch (``folder/epoch-K.safetensors``, see ``keep_epochs`` of
@@ -114,8 +133,6 @@ def choose_epoch(method, pair, folder, validator: str, sample: int = SAMPLE,
     from safetensors.torch import load_file
 
     from transferkit.errors import TransferkitError
-    from transferkit.training.loop import evaluate, run_batches
-
     if validator not in SELECTORS:
         raise TransferkitError(f"--select {validator}: expected one of last, {', '.join(SELECTORS)}")
     if validator == "source_accuracy" and pair.source_test is None:
@@ -130,12 +147,7 @@ def choose_epoch(method, pair, folder, validator: str, sample: int = SAMPLE,
     method.eval()
     for epoch in sorted(kept):
         method.load_state_dict(load_file(str(kept[epoch])))
-        if validator == "source_accuracy":
-            scores[epoch] = evaluate(method, pair.source_test, pair)
-            continue
-        with torch.no_grad():
-            probabilities = torch.softmax(run_batches(method, images, pair).float(), dim=1)
-        scores[epoch] = VALIDATORS[validator](probabilities, pair.source_train.labels)
+        scores[epoch] = model_scores(method, pair, images, (validator,))[validator]
     chosen = max(scores, key=lambda k: (scores[k], k))
     method.load_state_dict(load_file(str(kept[chosen])))
     method.train(was_training)
