@@ -148,8 +148,10 @@ def test_values_at_the_edges_of_each_range_are_accepted(tmp_path):
 
 def test_the_defaults_are_unchanged(tmp_path):
     adapt = _parse(_base("adapt", tmp_path))
-    assert (adapt.epochs, adapt.batch_size, adapt.lr, adapt.seed) == (10, 64, 0.01, 0)
-    assert adapt.image_size is adapt.steps_per_epoch is adapt.ema_decay is None
+    assert (adapt.batch_size, adapt.lr, adapt.seed) == (64, 0.01, 0)
+    # not given: adapt_defaults fills them in (tests/test_adapt_recipe.py)
+    assert adapt.image_size is adapt.steps_per_epoch is adapt.ema_decay is adapt.epochs is None
+    assert adapt.input_norm is adapt.select is None
     finetune = _parse(_base("finetune", tmp_path))
     assert (finetune.epochs, finetune.lr, finetune.batch_size, finetune.patience) == (40, 1e-3, 32, 6)
     assert (finetune.views, finetune.unfreeze, finetune.finetune_epochs, finetune.finetune_lr) == \
