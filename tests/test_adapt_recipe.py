@@ -17,7 +17,7 @@ def test_the_recipe_is_the_default_outside_the_papers_table_on_a_digit_network()
     assert adapt_defaults("mnist", "usps") == ADAPT_RECIPE
     assert adapt_defaults("mnist", "zip:data/mnist_cd", backbone="mnist") == ADAPT_RECIPE
     assert ADAPT_RECIPE == {"method": "dann_fixmatch", "epochs": 20, "steps_per_epoch": 1000,
-                            "ema_decay": 0.999, "input_norm": "instance", "select": "im"}
+                            "ema_decay": 0.999, "input_norm": "auto", "select": "im"}
     # the paper's pairs keep the paper's settings; a pretrained backbone the plain ones
     for source, target, backbone in (("mnist", "mnist_m", None), ("syn_signs", "gtsrb", None),
                                      ("mnist", "usps", "resnet18"), ("mnist", "usps", "run:runs/x")):
@@ -29,7 +29,7 @@ def test_the_recipe_is_the_default_outside_the_papers_table_on_a_digit_network()
     # the library takes them as they are
     adapter = DomainAdapter(**adapt_defaults("mnist", "usps"), run_dir="unused")
     assert (adapter.method, adapter.input_norm, adapter.select, adapter.keep_epochs) == \
-        ("dann_fixmatch", "instance", "im", True)
+        ("dann_fixmatch", "auto", "im", True)
 
 
 def test_the_default_network_outside_the_table_is_the_recipes():
@@ -64,9 +64,10 @@ def test_adapt_on_a_pair_outside_the_table_runs_the_recipe_and_says_so(usps_root
     assert _adapt(usps_root, out) == 0
     err = capsys.readouterr().err
     assert "mnist → usps is outside the paper's table, so the adaptation recipe's defaults apply: " \
-           "--method dann_fixmatch, --ema-decay 0.999, --input-norm instance, --select im" in err
+           "--method dann_fixmatch, --ema-decay 0.999, --input-norm auto, --select im" in err
     config = json.loads((out / "config.json").read_text())
     assert (config["method"], config["network"], config["image_size"]) == ("dann_fixmatch", "mnist", 28)
+    # auto: instance normalization on the MNIST network, where the recipe was developed
     assert (config["ema_decay"], config["input_norm"], config["select"]) == (0.999, "instance", "im")
     assert (config["epochs"], config["steps_per_epoch"]) == (2, 2)  # given: not the recipe's
     metrics = json.loads((out / "metrics.json").read_text())
@@ -95,3 +96,11 @@ def test_the_papers_pair_keeps_the_papers_defaults(tmp_path, capsys):
                  "--out", str(out), "--data-root", str(root), "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["ema_decay"] is None and "input_norm" not in config and "select" not in config
+
+
+def test_auto_input_norm_is_instance_on_the_mnist_network_only(usps_root, tmp_path):
+    out = tmp_path / "signs-network"
+    assert _adapt(usps_root, out, "--network", "gtsrb", "--image-size", "32", "--quiet") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["network"] == "gtsrb" and "input_norm" not in config  # none there
+    assert DomainAdapter(input_norm="auto", backbone="resnet18").input_norm is None

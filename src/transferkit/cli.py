@@ -664,11 +664,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="discard what --out holds of this run (checkpoint, metrics, model) and "
                             "train it from the start (a folder of other settings is still refused)")
     _add_run_options(adapt)
-    adapt.add_argument("--input-norm", choices=("none", "instance"),
+    adapt.add_argument("--input-norm", choices=("none", "instance", "auto"),
                        help="the paper's digit networks: instance (normalize each image's channels "
                             "to mean 0 and variance 1 first, with learnt scale and shift, as Shu et "
-                            "al. 2018's networks; the recipe's default) or none (the pair's mean "
-                            "subtracted; the default otherwise)")
+                            "al. 2018's networks), none (the pair's mean subtracted; the default "
+                            "but with the recipe) or auto (the recipe's: instance on the MNIST "
+                            "network, none on the others)")
     adapt.add_argument("--select", choices=("last", *SELECTOR_NAMES),
                        help="which epoch's model the run keeps: last (default but with the "
                             "recipe, which uses im), or the one a "
