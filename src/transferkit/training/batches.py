@@ -165,7 +165,10 @@ def step_batches(labelled: Inputs, target: Inputs | None,
         _Rows([x.path if s else None for x, s in zip(sides, streamed, strict=True)]),
         sampler=send(plan), batch_size=None, num_workers=workers,
         prefetch_factor=STREAM_PREFETCH if workers else None,
-        pin_memory=first.device.type == "cuda")
+        pin_memory=first.device.type == "cuda",
+        # its own generator for the workers' seeds: a draw from torch's global one would change
+        # the dropout masks that follow, and the run would no longer be the in-memory one
+        generator=torch.Generator().manual_seed(0))
     iterator = iter(loader)
     try:
         for read in iterator:
