@@ -94,3 +94,17 @@ def test_vadas_exact_adversarial_direction_on_cuda_is_the_cpus():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
     cosine = (gpu.cpu().double() * cpu.double()).flatten(1).sum(1)
     assert float(cosine.min()) > 0.999
+
+
+def test_a_streamed_pair_trains_on_cuda_as_in_memory(digit_root, tmp_path, monkeypatch):
+    """Rows read by DataLoader workers into pinned memory, then copied to the GPU: the same
+    batches as in memory (GPU kernels may sum in another order from run to run, hence the
+    tolerance rather than equality)."""
+    monkeypatch.delenv("TRANSFERKIT_MEMORY_BUDGET", raising=False)
+    in_memory = _fit("cuda", tmp_path / "memory", digit_root)
+    monkeypatch.setenv("TRANSFERKIT_MEMORY_BUDGET", "0")
+    streamed = _fit("cuda", tmp_path / "streamed", digit_root)
+    assert streamed.pair_.streamed and not in_memory.pair_.streamed
+    assert json.loads((tmp_path / "streamed" / "metrics.json").read_text())["inputs"] == "streamed"
+    mine, theirs = in_memory.model_.state_dict(), streamed.model_.state_dict()
+    assert max(float((mine[k].float() - theirs[k].float()).abs().max()) for k in mine) < 1e-4

@@ -520,7 +520,8 @@ class DomainAdapter:
                        if self.ema_decay is not None else None)
             data: DomainPair | FitData = pair
             reading: Any = contextlib.nullcontext()
-            self.inputs_ = "images"
+            # "streamed": read from the memory-mapped common form on disk (too large for memory)
+            self.inputs_ = "streamed" if pair.streamed else "images"
             self._prefix_cache_: FitData | None = None
             if self._reads_cached_prefix(network, pair, device):
                 # the frozen stages run once per image here, not at every step of every epoch

@@ -58,7 +58,8 @@ def reverse_pair(pair: DomainPair, pseudo_labels: torch.Tensor, seed: int = 0) -
     # them, and reverse_validation refuses oracle methods.
     return DomainPair(
         source=f"{pair.target} (pseudo-labelled)", target=pair.source, classes=pair.classes,
-        source_train=DomainSplit(pair.target_train.images, pseudo_labels.to(torch.int64).cpu()),
+        source_train=DomainSplit(pair.target_train.images, pseudo_labels.to(torch.int64).cpu(),
+                                 pair.target_train.path),
         source_test=None, target_train=unlabelled, target_test=scored, mean=pair.mean, std=pair.std,
     )
 

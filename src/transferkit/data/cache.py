@@ -12,7 +12,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,24 @@ import numpy as np
 from transferkit.data.images import ImageSet, RaggedImages
 
 CACHE_VERSION = 1
+
+
+@contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside ``path`` to write, renamed onto ``path`` when the block ends
+    without an error and removed when it fails (or is interrupted): readers see the old file
+    or the new one whole, never half of one. The one atomic write of the caches (decoded
+    common forms, frozen-prefix activations)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def cache_key(parts: dict[str, object], files: list[Path]) -> str:

@@ -4,11 +4,23 @@ Both domains get one preprocessing, as in Ganin et al. 2016 (§5.2): gray images
 three channels, both resized to a common size, and the per-channel mean of the training
 images of both domains subtracted. Resizing is done once, here, on uint8 arrays; the mean is
 subtracted per batch by :meth:`DomainPair.normalize`.
+
+A pair whose images, in that common form, do not fit in memory (:func:`memory_budget`) is
+*streamed*: each split's common form is written once to ``$TRANSFERKIT_CACHE/common/`` (a
+chunk at a time, so nothing holds a whole split) and memory-mapped from there; training then
+reads its batches from the file in DataLoader workers
+(:class:`transferkit.training.batches.Streamed`), with the same sampling and the same pixels
+as in memory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import mmap
 import os
+import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,8 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transferkit.data.images import ImageSet
+from transferkit.data.cache import atomic_path
+from transferkit.data.images import ImageSet, RaggedImages
 from transferkit.data.loading import load_split
+from transferkit.data.root import cache_dir
 from transferkit.errors import TransferkitError
 from transferkit.names import GEOMETRIES
 
@@ -68,8 +82,9 @@ def to_common_form(image_set: ImageSet, size: int, channels: int = 3,
 
 @dataclass(frozen=True)
 class DomainSplit:
-    images: torch.Tensor  # uint8 N×C×H×W
+    images: torch.Tensor  # uint8 N×C×H×W (memory-mapped from ``path`` when streamed)
     labels: torch.Tensor  # int64 N
+    path: Path | None = None  # the common form's file on disk, for a streamed split
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -98,6 +113,11 @@ class DomainPair:
     @property
     def image_size(self) -> int:
         return int(self.source_train.images.shape[-1])
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are memory-mapped from disk rather than held in memory."""
+        return self.source_train.path is not None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×C×H×W → float in [0, 1] minus the pair's mean (divided by ``std`` where the
@@ -143,15 +163,181 @@ def check_same_classes(source: str, source_classes: tuple[str, ...], target: str
         )
 
 
+# Bytes of uint8 images a chunked pass over a split holds at a time (as float64: 8 times it)
+CHUNK_BYTES = 32 << 20
+
+
+def _chunk_images(images: torch.Tensor) -> int:
+    return max(1, CHUNK_BYTES // max(1, images[0].numel() if len(images) else 1))
+
+
+def _pixel_sums(images: torch.Tensor) -> list[int]:
+    """Per-channel sums of uint8 N×C×H×W pixels, exact (integers), a bounded chunk at a time."""
+    total = torch.zeros(images.shape[1], dtype=torch.int64)
+    step = _chunk_images(images)
+    for start in range(0, len(images), step):
+        total += images[start : start + step].sum(dim=(0, 2, 3), dtype=torch.int64)
+    return [int(v) for v in total]
+
+
+def _mean_of_sums(sums: list[list[int]], pixels: int) -> torch.Tensor:
+    """The per-channel mean in [0, 1] of splits with these exact per-channel sums."""
+    total = torch.tensor([sum(column) for column in zip(*sums, strict=True)], dtype=torch.float64)
+    return (total / pixels / 255.0).float()
+
+
 def _pixel_mean(*splits: torch.Tensor) -> torch.Tensor:
-    total = torch.zeros(splits[0].shape[1], dtype=torch.float64)
-    count = 0
-    for images in splits:
-        for start in range(0, len(images), 8192):
-            chunk = images[start : start + 8192]
-            total += chunk.double().sum(dim=(0, 2, 3))
-            count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
-    return (total / count / 255.0).float()
+    pixels = sum(images.shape[0] * images.shape[2] * images.shape[3] for images in splits)
+    return _mean_of_sums([_pixel_sums(images) for images in splits], pixels)
+
+
+# -- streaming: data larger than memory -------------------------------------------------------
+
+MEMORY_BUDGET_ENV = "TRANSFERKIT_MEMORY_BUDGET"
+COMMON_CACHE_VERSION = 1
+
+
+def _memory_available() -> int | None:
+    """Bytes of memory available to new allocations without swapping: ``MemAvailable`` in
+    /proc/meminfo (Linux), else the free physical pages (other POSIX systems), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_budget() -> int | None:
+    """Bytes a pair's images may take in memory: ``$TRANSFERKIT_MEMORY_BUDGET`` (0 streams
+    every pair), else half the memory available now; None where that cannot be known (no
+    limit: in memory, as before)."""
+    value = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if value:
+        try:
+            budget = int(value)
+        except ValueError:
+            budget = -1
+        if budget < 0:
+            raise TransferkitError(f"{MEMORY_BUDGET_ENV}={value}: expected a whole number of bytes "
+                                   "(0 streams every data set from disk)")
+        return budget
+    available = _memory_available()
+    return available // 2 if available is not None else None
+
+
+def _gigabytes(count: int) -> str:
+    return f"{count / 1e9:.3g} GB"
+
+
+def _chunk(image_set: ImageSet, start: int, stop: int) -> ImageSet:
+    """Images ``start:stop`` of ``image_set`` as a set of their own, without copying pixels."""
+    images = image_set.images
+    if isinstance(images, RaggedImages):  # offsets are absolute: a slice of them still points right
+        part: np.ndarray | RaggedImages = RaggedImages(images.pixels, images.offsets[start : stop + 1],
+                                                       images.shapes[start:stop])
+    else:
+        part = images[start:stop]
+    return ImageSet(part, image_set.labels[start:stop], image_set.classes)
+
+
+def _pixels_identity(image_set: ImageSet) -> dict[str, object]:
+    """What a split's pixels are: the decode cache's files (path, size, modification time) where
+    they are memory-mapped from it, else a hash of the pixels, read a chunk at a time."""
+    images = image_set.images
+    arrays = ([images.pixels, images.offsets, images.shapes] if isinstance(images, RaggedImages)
+              else [images])
+    files = []
+    for array in arrays:
+        name = getattr(array, "filename", None)
+        if not isinstance(array, np.memmap) or name is None or not isinstance(array.base, mmap.mmap):
+            break  # not a whole file mapped (a slice of one, a copy, an array in memory)
+        stat = os.stat(name)
+        files.append([str(name), stat.st_size, stat.st_mtime_ns, list(array.shape)])
+    else:
+        return {"files": files}
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.dtype} {array.shape}".encode())
+        step = max(1, CHUNK_BYTES // max(1, int(np.prod(array.shape[1:], dtype=np.int64))))
+        for start in range(0, len(array), step):
+            digest.update(np.ascontiguousarray(array[start : start + step]).tobytes())
+    return {"pixels": digest.hexdigest()}
+
+
+def common_form_path(name: str, image_set: ImageSet, size: int, channels: int, geometry: str,
+                     binarized: bool) -> Path:
+    """``$TRANSFERKIT_CACHE/common/NAME-KEY.npy``: where a split's common form is kept, keyed by
+    its pixels and everything that turns them into the common form."""
+    key = {"version": COMMON_CACHE_VERSION, "count": len(image_set), "size": size,
+           "channels": channels, "geometry": geometry, "binarize": binarized,
+           "pixels": _pixels_identity(image_set)}
+    blob = json.dumps(key, sort_keys=True).encode()
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[-60:]
+    return cache_dir() / "common" / f"{safe}-{hashlib.sha256(blob).hexdigest()[:24]}.npy"
+
+
+def _open_common(path: Path, shape: tuple[int, ...]) -> tuple[torch.Tensor, list[int]] | None:
+    """The common form at ``path``, memory-mapped, and its per-channel sums; None when the file
+    or its record is missing, truncated, of another shape or type, or unreadable."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        array = np.load(path, mmap_mode="c")  # copy-on-write: torch may hold it, nothing writes it
+        sums = [int(v) for v in record["sums"]]
+        if (array.dtype != np.uint8 or tuple(array.shape) != shape or not array.flags.c_contiguous
+                or record["shape"] != list(shape) or path.stat().st_size != record["bytes"]
+                or len(sums) != shape[1]):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+    return torch.from_numpy(array), sums
+
+
+def common_form_on_disk(
+    name: str, image_set: ImageSet, size: int, channels: int = 3, geometry: str = "resize",
+    binarized: bool = False,
+) -> tuple[DomainSplit, list[int]]:
+    """A split in the common form (:func:`to_common_form`; through :func:`binarize` first when
+    ``binarized``), memory-mapped from its file under ``$TRANSFERKIT_CACHE/common/``, with its
+    per-channel pixel sums. The file is built on the first use, a chunk of images at a time,
+    and written whole (a temporary file, renamed; its record, ``.json`` beside it, after it); a
+    file that is truncated, of another shape or without its record is built again."""
+    path = common_form_path(name, image_set, size, channels, geometry, binarized)
+    shape = (len(image_set), channels, size, size)
+    labels = torch.from_numpy(np.array(image_set.labels, dtype=np.int64))
+    opened = _open_common(path, shape)
+    if opened is None:
+        try:
+            sums = np.zeros(channels, dtype=np.int64)
+            step = max(1, min(4096, CHUNK_BYTES // (channels * size * size)))
+            with atomic_path(path, suffix=".tmp.npy") as tmp:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                for start in range(0, len(image_set), step):
+                    part = _chunk(image_set, start, min(start + step, len(image_set)))
+                    common = to_common_form(binarize(part) if binarized else part, size, channels,
+                                            geometry)
+                    out[start : start + len(common)] = common.numpy()
+                    sums += common.sum(dim=(0, 2, 3), dtype=torch.int64).numpy()
+                out.flush()
+                del out
+                written = tmp.stat().st_size
+            record = {"shape": list(shape), "bytes": written, "sums": [int(v) for v in sums]}
+            with atomic_path(path.with_suffix(".json")) as tmp:
+                tmp.write_text(json.dumps(record))
+        except OSError as exc:
+            raise TransferkitError(f"{path.parent}: could not write the common form of {name} there "
+                                   f"({exc.strerror or exc}); these images do not fit in memory, so "
+                                   "they are streamed from disk: free some space, or point "
+                                   "TRANSFERKIT_CACHE at a disk that has it") from None
+        opened = _open_common(path, shape)
+        if opened is None:
+            raise TransferkitError(f"{path}: written but not readable back")
+    images, split_sums = opened
+    return DomainSplit(images, labels, path), split_sums
 
 
 def binarize(image_set: ImageSet) -> ImageSet:
@@ -209,9 +395,6 @@ def load_pair(
     except TransferkitError as exc:
         if "has no split" not in str(exc):
             raise
-    if binarize_source:
-        for key in [k for k in parts if k[0] == "source"]:
-            parts[key] = binarize(parts[key])
     check_same_classes(source, parts[("source", "train")].classes, target,
                        parts[("target", "train")].classes)
     if size is None:
@@ -220,12 +403,33 @@ def load_pair(
             raise TransferkitError("images differ in size within a split: give --image-size "
                                    "(size=) to bring them all to")
         size = max(max(s[0], s[1]) for s in shapes if s is not None)
-    splits = {
-        key: DomainSplit(to_common_form(part, size, geometry=geometry),
-                         torch.from_numpy(np.array(part.labels)))
-        for key, part in parts.items()
-    }
-    mean = _pixel_mean(splits[("source", "train")].images, splits[("target", "train")].images)
+    train = [("source", "train"), ("target", "train")]
+    # the common form of every split, and training's channels-last copy of the training splits
+    needed = sum(len(part) * 3 * size * size for part in parts.values()) + \
+        sum(len(parts[key]) * 3 * size * size for key in train)
+    budget = memory_budget()
+    if budget is not None and needed > budget:
+        print(f"transferkit: streaming {source} → {target} from disk: its images take "
+              f"{_gigabytes(needed)} in memory at {size} px, over the memory budget of "
+              f"{_gigabytes(budget)} ({MEMORY_BUDGET_ENV}, else half the memory available); "
+              f"their common form is kept in {cache_dir() / 'common'}", file=sys.stderr)
+        splits, sums = {}, {}
+        for key, part in parts.items():
+            name = f"{source if key[0] == 'source' else target}-{key[1]}"
+            splits[key], sums[key] = common_form_on_disk(
+                name, part, size, geometry=geometry, binarized=binarize_source and key[0] == "source")
+        mean = _mean_of_sums([sums[key] for key in train],
+                             sum(len(parts[key]) for key in train) * size * size)
+    else:
+        if binarize_source:
+            for key in [k for k in parts if k[0] == "source"]:
+                parts[key] = binarize(parts[key])
+        splits = {
+            key: DomainSplit(to_common_form(part, size, geometry=geometry),
+                             torch.from_numpy(np.array(part.labels)))
+            for key, part in parts.items()
+        }
+        mean = _pixel_mean(splits[("source", "train")].images, splits[("target", "train")].images)
     return DomainPair(
         source=source, target=target, classes=parts[("source", "train")].classes,
         source_train=splits[("source", "train")], source_test=splits.get(("source", "test")),

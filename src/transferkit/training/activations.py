@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from transferkit.data import imaging
+from transferkit.data.cache import atomic_path
 from transferkit.data.root import cache_dir
 from transferkit.models.backbones import Backbone
 
@@ -35,15 +34,9 @@ def _cache_path(key: dict) -> Path:
 
 
 def save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npy")
-    os.close(handle)
-    try:
+    """``array`` saved to ``path`` whole (:func:`transferkit.data.cache.atomic_path`)."""
+    with atomic_path(path, suffix=".tmp.npy") as tmp:
         np.save(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @torch.inference_mode()

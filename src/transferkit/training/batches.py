@@ -9,7 +9,13 @@ tensor, ``batch(index, epoch)``, with ``index`` on its ``index_device``:
   (:mod:`transferkit.training.activations`); epoch ``e`` reads view ``e mod V`` — feature
   extraction and fine-tuning on a CPU;
 - :class:`OnlineInputs`: uint8 images cropped (randomly, with flips, when given a generator)
-  and run through the frozen prefix at every step.
+  and run through the frozen prefix at every step;
+- :class:`Streamed`: uint8 images memory-mapped from a file (a pair too large for memory,
+  :mod:`transferkit.data.pairs`), read in DataLoader workers ahead of the step that needs them
+  and then normalized exactly as :class:`InMemory` normalizes them.
+
+:func:`step_batches` gives the training loop each step's batches from the sample order it
+draws: the same indices, hence the same batches, whichever kind of inputs holds the images.
 
 :class:`FitData` bundles what :func:`transferkit.training.loop.fit` trains on: the labelled
 inputs and labels, optional unlabelled target inputs, and the labelled split it watches.
@@ -18,9 +24,14 @@ inputs and labels, optional unlabelled target inputs, and the labelled split it 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 
@@ -51,6 +62,125 @@ class InMemory:
         """``batch`` of ``range(start, stop)``, without an index (inference)."""
         batch = self.normalize(self.images[start:stop].to(self.device, non_blocking=True))
         return batch.contiguous(memory_format=torch.channels_last)
+
+
+# DataLoader workers reading a streamed split, and the batches each keeps read ahead
+STREAM_WORKERS = 2
+STREAM_PREFETCH = 4
+
+
+class Streamed:
+    """uint8 N×C×H×W ``images`` memory-mapped from ``path`` → the batch :class:`InMemory` gives
+    (``normalize(images[index])`` on ``device``, channels-last), for splits larger than memory.
+
+    :func:`step_batches` reads the rows of a step in ``workers`` DataLoader worker processes,
+    ahead of time, into pinned memory on a GPU run; :meth:`batch` (and :meth:`slice`, for
+    inference) reads them in the calling process. Either way only the rows asked for are read
+    from the file (through the page cache), and augmentation, which methods apply to the
+    normalized batch, is the same as in memory."""
+
+    index_device = torch.device("cpu")
+
+    def __init__(self, images: torch.Tensor, path: Path, normalize: Any, device: torch.device,
+                 workers: int | None = None) -> None:
+        self.images, self.path, self.normalize, self.device = images, Path(path), normalize, device
+        self.workers = STREAM_WORKERS if workers is None else workers
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def finish(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows read from the file (on the CPU) → the network's batch."""
+        batch = self.normalize(rows.to(self.device, non_blocking=True))
+        return batch.contiguous(memory_format=torch.channels_last)
+
+    def batch(self, index: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        return self.finish(self.images[index])
+
+    def slice(self, start: int, stop: int) -> torch.Tensor:
+        return self.finish(self.images[start:stop])
+
+
+class _Rows(torch.utils.data.Dataset):
+    """What a DataLoader worker reads for a step: the rows of each streamed split at the step's
+    indices. It holds the files' paths only; each process maps them itself on first use (so a
+    spawned worker is not sent the data)."""
+
+    def __init__(self, paths: list[Path | None]) -> None:
+        self.paths = paths
+        self.arrays: list[np.ndarray | None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"paths": self.paths, "arrays": None}
+
+    def __getitem__(self, item: Any) -> Any:
+        if item is None:  # a step this process skips (a last partial batch under torchrun)
+            return None
+        if self.arrays is None:
+            self.arrays = [np.load(p, mmap_mode="r") if p is not None else None for p in self.paths]
+        return [torch.from_numpy(array[index]) if array is not None and index is not None else None
+                for index, array in zip(item, self.arrays, strict=True)]
+
+
+def stream_workers() -> int:
+    """DataLoader workers for a streamed split: none inside a daemonic process (a worker of the
+    benchmark's ``--jobs`` pool may not start processes of its own), where the main process
+    reads the rows itself."""
+    return 0 if multiprocessing.current_process().daemon else STREAM_WORKERS
+
+
+def step_batches(labelled: Inputs, target: Inputs | None,
+                 plan: Iterable[tuple[torch.Tensor, torch.Tensor | None] | None], epoch: int,
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None]:
+    """For each step of ``plan`` — ``(labelled index, target index or None)``, or None for a
+    step to skip — ``(labelled index, labelled batch, target batch or None)``, or None.
+
+    Inputs in memory are gathered when the step asks; :class:`Streamed` inputs are read by
+    DataLoader workers running ahead through the plan (``plan`` is consumed ahead of the steps,
+    in order, so the sample order drawn is the same)."""
+    sides = [labelled, target]
+    streamed = [isinstance(x, Streamed) for x in sides]
+    if not any(streamed):
+        for item in plan:
+            if item is None:
+                yield None
+                continue
+            chosen, target_chosen = item
+            yield (chosen, labelled.batch(chosen, epoch),
+                   target.batch(target_chosen, epoch) if target is not None and target_chosen is not None
+                   else None)
+        return
+    workers = min(x.workers for x, s in zip(sides, streamed, strict=True) if s)
+    workers = 0 if stream_workers() == 0 else workers
+    first = next(x for x, s in zip(sides, streamed, strict=True) if s)
+    indices: deque[tuple[torch.Tensor, torch.Tensor | None] | None] = deque()  # steps read ahead
+
+    def send(items: Iterable[tuple[torch.Tensor, torch.Tensor | None] | None]) -> Iterator[Any]:
+        for item in items:  # workers are sent numpy indices (tensors would travel as shared memory)
+            indices.append(item)
+            yield None if item is None else tuple(i.numpy() if i is not None and s else None
+                                                  for i, s in zip(item, streamed, strict=True))
+
+    loader = torch.utils.data.DataLoader(
+        _Rows([x.path if s else None for x, s in zip(sides, streamed, strict=True)]),
+        sampler=send(plan), batch_size=None, num_workers=workers,
+        prefetch_factor=STREAM_PREFETCH if workers else None,
+        pin_memory=first.device.type == "cuda",
+        # its own generator for the workers' seeds: a draw from torch's global one would change
+        # the dropout masks that follow, and the run would no longer be the in-memory one
+        generator=torch.Generator().manual_seed(0))
+    iterator = iter(loader)
+    try:
+        for read in iterator:
+            item = indices.popleft()
+            if item is None:
+                yield None
+                continue
+            out = [None if index is None else side.finish(rows) if is_streamed else side.batch(index, epoch)
+                   for side, is_streamed, index, rows in zip(sides, streamed, item, read, strict=True)]
+            yield item[0], out[0], out[1]
+    finally:
+        del iterator  # its workers stop here, not when the collector finds it
 
 
 class CachedInputs:

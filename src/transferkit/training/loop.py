@@ -4,10 +4,13 @@ finetune / scratch recipes, runs through :func:`fit`.
 Batches are drawn by index from the data's inputs (:mod:`transferkit.training.batches`):
 in-memory uint8 tensors already on the training device, normalized in one vectorized step — no
 per-sample Python work, no worker processes — or a frozen prefix's cached activations, or
-images augmented and run through the prefix at each step. Each epoch ends with an evaluation
-on the monitored labelled split, a line in ``metrics.jsonl`` and a checkpoint (model,
-optimizer, epoch, sampler and torch generators, the selected epoch's weights, history), so an
-interrupted run resumes where its last epoch ended, to the same weights.
+images augmented and run through the prefix at each step, or, for a pair too large for memory,
+rows read from its memory-mapped file by DataLoader workers ahead of the step
+(:func:`~transferkit.training.batches.step_batches`: the same sample order, the same batches).
+Each epoch ends with an evaluation on the monitored labelled split, a line in
+``metrics.jsonl`` and a checkpoint (model, optimizer, epoch, sampler and torch generators, the
+selected epoch's weights, history), so an interrupted run resumes where its last epoch ended,
+to the same weights.
 
 The optimizer and schedule are settings (:class:`TrainConfig`): the DANN paper's SGD with
 annealing for adaptation, AdamW at a constant rate for fine-tuning; so is the selection, the
@@ -42,6 +45,7 @@ import math
 import numbers
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +59,7 @@ from transferkit.data.pairs import DomainPair, DomainSplit
 from transferkit.errors import TransferkitError
 from transferkit.methods.base import Method
 from transferkit.training import distributed
-from transferkit.training.batches import FitData, InMemory, Inputs
+from transferkit.training.batches import FitData, InMemory, Inputs, Streamed, step_batches
 from transferkit.training.checkpoint import (
     content_digest,
     corrupt_checkpoint,
@@ -154,7 +158,9 @@ def _positive_finite(value: object) -> bool:
     return _finite(value) and value > 0  # type: ignore[operator]
 
 
-def _on_device(split: DomainSplit, pair: DomainPair, device: torch.device) -> InMemory:
+def _on_device(split: DomainSplit, pair: DomainPair, device: torch.device) -> InMemory | Streamed:
+    if split.path is not None:  # too large for memory: read from its file as the steps need it
+        return Streamed(split.images, split.path, pair.normalize, device)
     memory_format = torch.channels_last  # faster oneDNN convolutions on the CPU
     return InMemory(split.images.to(device).contiguous(memory_format=memory_format), pair.normalize,
                     device)
@@ -162,11 +168,13 @@ def _on_device(split: DomainSplit, pair: DomainPair, device: torch.device) -> In
 
 def pair_data(method: Method, pair: DomainPair, device: torch.device) -> FitData:
     """What ``method`` trains on in ``pair``: its labelled split and (if it uses them) the
-    target's training images, in memory on ``device``; it watches ``method.monitor_split``."""
+    target's training images, in memory on ``device`` (or streamed from disk, for a pair that
+    does not fit: :attr:`DomainPair.streamed`); it watches ``method.monitor_split``."""
     labelled = method.labelled_split(pair)
     monitor = method.monitor_split(pair)
+    inputs = _on_device(labelled, pair, device)
     return FitData(
-        labelled=_on_device(labelled, pair, device), labels=labelled.labels.to(device),
+        labelled=inputs, labels=labelled.labels.to(inputs.index_device),
         target=_on_device(pair.target_train, pair, device) if method.uses_target else None,
         monitor=InMemory(monitor.images, pair.normalize, device) if monitor is not None else None,
         monitor_labels=monitor.labels if monitor is not None else None)
@@ -249,6 +257,24 @@ def _epoch_indices(size: int, count: int, generator: torch.Generator) -> torch.T
 # order is one chunk, moved to the device once, as before; a huge --steps-per-epoch is drawn a
 # chunk at a time instead of all at once.
 ORDER_CHUNK = 1 << 20
+
+
+def _plan(steps: int, global_batch: int, count: int, order: _EpochOrder, target_order: _EpochOrder | None,
+          rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None] | None]:
+    """Each step's indices (labelled, target or None) in the order they are drawn — streamed
+    inputs read them ahead of the steps — or None for a step this process skips."""
+    for step in range(steps):
+        size = min(global_batch, count - step * global_batch)
+        chosen = order.take(size)
+        target_chosen = target_order.take(size) if target_order is not None else None
+        if world > 1:  # this process's share of the global batch
+            if size < world:
+                yield None  # a last partial batch too small to share: skipped by every process
+                continue
+            chosen = torch.tensor_split(chosen, world)[rank]
+            if target_chosen is not None:
+                target_chosen = torch.tensor_split(target_chosen, world)[rank]
+        yield chosen, target_chosen
 
 
 class _EpochOrder:
@@ -597,6 +623,9 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
         description = f"{method.name} epoch {epoch + 1}/{config.epochs}"
         bar = tqdm(range(steps_per_epoch), desc=description, unit="step", leave=False,
                    disable=not progress, mininterval=0.5)
+        feed = step_batches(labelled, target, _plan(steps_per_epoch, global_batch, count, labelled_order,
+                                                    target_order if target is not None else None,
+                                                    rank, world), epoch)
         for step in bar:
             global_step = epoch * steps_per_epoch + step
             progress_p = global_step / total_steps
@@ -605,20 +634,11 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate * group.get("lr_scale", 1.0)
             data_start = time.perf_counter()
-            size = min(global_batch, count - step * global_batch)
-            chosen = labelled_order.take(size)
-            target_chosen = target_order.take(size) if target is not None else None
-            if world > 1:  # this process's share of the global batch
-                if size < world:
-                    continue  # a last partial batch too small to share: skipped by every process
-                chosen = torch.tensor_split(chosen, world)[rank]
-                if target_chosen is not None:
-                    target_chosen = torch.tensor_split(target_chosen, world)[rank]
-            images = labelled.batch(chosen, epoch)
+            fed = next(feed)
+            if fed is None:
+                continue
+            chosen, images, target_images = fed
             labels = data.labels[chosen].to(device, non_blocking=True)
-            target_images = None
-            if target_chosen is not None:
-                target_images = target.batch(target_chosen, epoch)
             data_seconds += time.perf_counter() - data_start
 
             with (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
@@ -642,6 +662,7 @@ def fit(method: Method, data: DomainPair | FitData, config: TrainConfig, run_dir
             if log is not None and global_step % STEP_EVERY == 0:
                 log.step(global_step + 1, {**{k: float(v.detach()) for k, v in values.items()},
                                            "learning_rate": learning_rate})
+        feed.close()  # a streamed epoch's workers stop (every step was read)
         if target is not None:
             generator.set_state(target_generator.get_state())
         if device.type == "cuda":
