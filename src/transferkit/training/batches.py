@@ -54,14 +54,17 @@ class InMemory:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batch(self, index: torch.Tensor, epoch: int = 0) -> torch.Tensor:
-        batch = self.normalize(self.images[index].to(self.device, non_blocking=True))
+    def finish(self, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 rows → the network's batch."""
+        batch = self.normalize(rows.to(self.device, non_blocking=True))
         return batch.contiguous(memory_format=torch.channels_last)
+
+    def batch(self, index: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        return self.finish(self.images[index])
 
     def slice(self, start: int, stop: int) -> torch.Tensor:
         """``batch`` of ``range(start, stop)``, without an index (inference)."""
-        batch = self.normalize(self.images[start:stop].to(self.device, non_blocking=True))
-        return batch.contiguous(memory_format=torch.channels_last)
+        return self.finish(self.images[start:stop])
 
 
 # DataLoader workers reading a streamed split, and the batches each keeps read ahead
@@ -69,7 +72,7 @@ STREAM_WORKERS = 2
 STREAM_PREFETCH = 4
 
 
-class Streamed:
+class Streamed(InMemory):
     """uint8 N×C×H×W ``images`` memory-mapped from ``path`` → the batch :class:`InMemory` gives
     (``normalize(images[index])`` on ``device``, channels-last), for splits larger than memory.
 
@@ -79,26 +82,11 @@ class Streamed:
     from the file (through the page cache), and augmentation, which methods apply to the
     normalized batch, is the same as in memory."""
 
-    index_device = torch.device("cpu")
-
     def __init__(self, images: torch.Tensor, path: Path, normalize: Any, device: torch.device,
                  workers: int | None = None) -> None:
-        self.images, self.path, self.normalize, self.device = images, Path(path), normalize, device
+        super().__init__(images, normalize, device)  # a memory-mapped tensor: indexed on the CPU
+        self.path = Path(path)
         self.workers = STREAM_WORKERS if workers is None else workers
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def finish(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows read from the file (on the CPU) → the network's batch."""
-        batch = self.normalize(rows.to(self.device, non_blocking=True))
-        return batch.contiguous(memory_format=torch.channels_last)
-
-    def batch(self, index: torch.Tensor, epoch: int = 0) -> torch.Tensor:
-        return self.finish(self.images[index])
-
-    def slice(self, start: int, stop: int) -> torch.Tensor:
-        return self.finish(self.images[start:stop])
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -320,7 +308,7 @@ def disk_prefix(backbone: Any, split: int, inputs: Any, device: torch.device,
     from transferkit.data.root import cache_dir
     from transferkit.training.activations import save_atomic
 
-    if not isinstance(inputs, InMemory):
+    if not isinstance(inputs, InMemory) or isinstance(inputs, Streamed):
         return prefix_outputs(backbone, split, inputs, progress=progress, label=label)
     path = cache_dir() / "activations" / f"prefix-{prefix_key(backbone, split, inputs, device)}.npy"
     try:
