@@ -281,8 +281,8 @@ def test_second_extraction_reuses_the_feature_cache(photos, tmp_path, monkeypatc
         {k.replace("stages.", "", 1): v.contiguous() for k, v in source.state_dict().items()}, str(weights)
     )
     calls = []
-    original = activations.compute
-    monkeypatch.setattr(activations, "compute", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = activations.compute_chunks
+    monkeypatch.setattr(activations, "compute_chunks", lambda *a, **k: calls.append(1) or original(*a, **k))
     first = run(_config(photos, recipe="extract", weights=str(weights)), tmp_path / "a", progress=False)
     assert len(calls) == 3  # train, val, test
     second = run(

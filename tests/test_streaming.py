@@ -238,3 +238,67 @@ def test_a_backbone_run_streams_too(digit_root, tmp_path, monkeypatch, prefix_ca
     mine, theirs = in_memory.model_.state_dict(), streamed.model_.state_dict()
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert in_memory.results_["target_test_accuracy"] == streamed.results_["target_test_accuracy"]
+
+
+# ---------------------------------------------------------------- recipes: photos larger than memory
+
+
+@pytest.mark.parametrize("views", [2, 0], ids=["cached-prefix", "online"])
+def test_a_finetune_over_the_memory_budget_reads_its_images_from_disk_to_the_same_model(
+        tmp_path, monkeypatch, capsys, views):
+    """A folder of photos whose resized images do not fit trains from a memory-mapped file of
+    them (and, with cached views, memory-mapped frozen-stage outputs) to the very weights the
+    in-memory run reaches."""
+    from fakes import write_two_class_data
+    from safetensors.torch import load_file, save_file
+
+    from transferkit.models.backbones import build_backbone
+    from transferkit.recipes import RecipeConfig, run
+
+    photos = write_two_class_data(tmp_path / "photos", {"train": 16, "val": 8, "test": 8})
+    source = build_backbone("small_convnet", "random")
+    weights = tmp_path / "w.safetensors"  # weights from a file: the prefix outputs are cached
+    save_file({k.replace("stages.", "", 1): v.contiguous() for k, v in source.state_dict().items()},
+              str(weights))
+    config = RecipeConfig(recipe="finetune", data=f"folder:{photos}", backbone="small_convnet",
+                          weights=str(weights), image_size=48, views=views, unfreeze="1",
+                          epochs=2, finetune_epochs=1, batch_size=8, device="cpu")
+    monkeypatch.delenv("TRANSFERKIT_MEMORY_BUDGET", raising=False)
+    in_memory = run(config, tmp_path / "memory", progress=False)
+    assert "streaming" not in capsys.readouterr().err
+    prepared = cache_dir() / "prepared"
+    assert not prepared.exists()
+
+    monkeypatch.setenv("TRANSFERKIT_MEMORY_BUDGET", "1000")  # 32 images of 3×55×55 take 290 kB
+    seen = []  # the recipes read their batches in the training process, from the mapped file
+    from transferkit.training import batches as batches_module
+    batch = batches_module.OnlineInputs.batch if views == 0 else batches_module.CachedInputs.batch
+
+    def spy(self, index, epoch=0):
+        held = self.images if views == 0 else self.views[epoch % len(self.views)]
+        seen.append(_file_backed(held))
+        return batch(self, index, epoch)
+
+    monkeypatch.setattr(batches_module.OnlineInputs if views == 0 else batches_module.CachedInputs,
+                        "batch", spy)
+    streamed = run(config, tmp_path / "streamed", progress=False)
+    err = capsys.readouterr().err
+    assert "streaming folder:" in err and "over the memory budget" in err and "prepared" in err
+    assert len(list(prepared.glob("*.npy"))) == 3  # train, val, test resized once, to a file
+    assert seen and all(seen), "a training batch was read from a tensor in memory"
+    assert streamed["test_accuracy"] == in_memory["test_accuracy"]
+    mine = load_file(str(tmp_path / "memory" / "model.safetensors"))
+    theirs = load_file(str(tmp_path / "streamed" / "model.safetensors"))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def _file_backed(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s memory lies in a mapping of a file (``/proc/self/maps``)."""
+    address = tensor.untyped_storage().data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= address < high:
+                return len(fields) >= 6 and fields[5].endswith(".npy")
+    return False

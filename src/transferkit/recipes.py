@@ -165,6 +165,23 @@ def balanced_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
+def _over_budget(data: str, named: list[tuple[str, Any]], size: int, crop_fraction: float) -> bool:
+    """Whether the splits, resized, would take more memory than :func:`memory_budget` allows:
+    then they are resized to a file and read from it a batch at a time, and the frozen
+    prefix's outputs are memory-mapped from their cache (announced once)."""
+    from transferkit.data.pairs import memory_budget, streaming_notice
+
+    side = imaging.stored_size(size, crop_fraction)
+    needed = sum(len(s) for _, s in named) * 3 * side * side
+    budget = memory_budget()
+    if budget is None or needed <= budget:
+        return False
+    if distributed.is_writer():
+        streaming_notice(data, needed, side, budget, "resized images and frozen-stage outputs are kept",
+                         ("prepared", "activations"))
+    return True
+
+
 def _check_input_size(backbone: Any, size: int, device: torch.device) -> None:
     if size < 8:
         raise TransferkitError(f"--image-size {size}: expected at least 8 pixels")
@@ -262,12 +279,12 @@ def _run(
     splits = splits or load_splits(config.data, data_root)
     if distributed.is_writer():
         write_config(out, record)
+    named = [(n, s) for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+             if s is not None]
+    on_disk = prepared is None and _over_budget(config.data, named, size, backbone.spec.crop_fraction)
     if prepared is None:
-        prepared = {
-            name: imaging.prepare(s, size, progress, backbone.spec.crop_fraction)
-            for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-            if s is not None
-        }
+        prepare = imaging.prepare_on_disk if on_disk else imaging.prepare
+        prepared = {name: prepare(s, size, progress, backbone.spec.crop_fraction) for name, s in named}
     labels = {
         name: torch.as_tensor(np.array(s.labels))
         for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
@@ -287,8 +304,10 @@ def _run(
     n_stages = len(backbone.stages)
     timings: dict[str, float] = {}
 
+    whole_train = len(subset) == len(labels["train"])  # no subset to copy out of the split
+
     def inputs(name: str, split: int, augment: bool) -> CachedInputs | OnlineInputs:
-        images = prepared[name] if name != "train" else prepared["train"][subset]
+        images = prepared[name] if name != "train" or whole_train else prepared["train"][subset]
         if split == 0 or config.views == 0:  # nothing to cache, or caching switched off
             gen = torch.Generator().manual_seed(config.seed + 1) if augment else None
             return OnlineInputs(images, backbone, split, size, device, gen, config.flip)
@@ -306,9 +325,10 @@ def _run(
                 progress,
                 f"{name} ⟶ {backbone.stage_names[split - 1]}",
                 flip=config.flip,
+                on_disk=on_disk,
             )
             timings[f"prefix_{name}_{'aug' if augment else 'center'}_seconds"] = time.perf_counter() - t
-            return CachedInputs([v[subset] for v in views], device)
+            return CachedInputs(views if whole_train else [v[subset] for v in views], device)
         t = time.perf_counter()
         views = activations.cached_views(
             backbone,
@@ -320,6 +340,7 @@ def _run(
             -1,
             progress,
             f"{name} ⟶ {backbone.stage_names[split - 1]}",
+            on_disk=on_disk,
         )
         timings[f"prefix_{name}_seconds"] = time.perf_counter() - t
         return CachedInputs(views, device)
@@ -356,8 +377,10 @@ def _run(
             # are the frozen suffix applied to those same cached views.
             train(
                 n_stages,
-                CachedInputs(activations.extend(backbone, train_in.views, split, n_stages, device), device),
-                CachedInputs(activations.extend(backbone, val_in.views, split, n_stages, device), device),
+                CachedInputs(activations.extend(backbone, train_in.views, split, n_stages, device,
+                                                on_disk=on_disk), device),
+                CachedInputs(activations.extend(backbone, val_in.views, split, n_stages, device,
+                                                on_disk=on_disk), device),
                 head_config,
             )
         else:

@@ -12,11 +12,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from transferkit.data.images import ImageSet, RaggedImages
 
@@ -39,6 +40,43 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_rows(path: Path, count: int, chunks: Iterable[np.ndarray],
+               empty: tuple[tuple[int, ...], object] | None = None) -> int:
+    """``count`` rows arriving a chunk at a time, written to ``path`` as one ``.npy`` file whole
+    or not at all (:func:`atomic_path`), without holding more than a chunk in memory. ``empty``
+    (a row's shape, the type) writes a file of no rows when none come. Returns the file's size
+    in bytes."""
+    with atomic_path(path, suffix=".tmp.npy") as tmp:
+        out, start = None, 0
+        if count == 0 and empty is not None:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=empty[1], shape=(0, *empty[0]))
+        for chunk in chunks:
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=chunk.dtype,
+                                                shape=(count, *chunk.shape[1:]))
+            out[start : start + len(chunk)] = chunk
+            start += len(chunk)
+        if out is None or start != count:
+            raise ValueError(f"{path}: {start} rows arrived, {count} expected")
+        out.flush()
+        del out
+        return tmp.stat().st_size
+
+
+def map_rows(path: Path, shape: tuple[int, ...] | None = None, dtype: object = None) -> torch.Tensor | None:
+    """The ``.npy`` file at ``path`` memory-mapped (copy-on-write: a tensor may hold it, nothing
+    writes it), as a tensor; None when it is missing, unreadable, truncated, or not of
+    ``shape``/``dtype`` where they are given."""
+    try:
+        array = np.load(path, mmap_mode="c")
+    except (OSError, ValueError, EOFError):
+        return None
+    if ((shape is not None and tuple(array.shape) != tuple(shape))
+            or (dtype is not None and array.dtype != dtype) or not array.flags.c_contiguous):
+        return None
+    return torch.from_numpy(array)
 
 
 def cache_key(parts: dict[str, object], files: list[Path]) -> str:

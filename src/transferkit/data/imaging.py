@@ -9,13 +9,16 @@ resized crop (area 35–100 %, aspect 3/4–4/3) and a horizontal flip with prob
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
 from transferkit.data.images import ImageSet
+from transferkit.errors import TransferkitError
 
 CROP_FRACTION = 0.875
 SCALE = (0.35, 1.0)
@@ -26,6 +29,32 @@ def stored_size(size: int, crop_fraction: float = CROP_FRACTION) -> int:
     return int(round(size / crop_fraction))
 
 
+def _resized(image_set: ImageSet, side: int, start: int, stop: int) -> torch.Tensor:
+    out = torch.empty(stop - start, 3, side, side, dtype=torch.uint8)
+    for i in range(start, stop):
+        image = torch.from_numpy(np.array(image_set.images[i])).permute(2, 0, 1)
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        image = TF.resize(image, side, antialias=True)
+        out[i - start] = TF.center_crop(image, [side, side])
+    return out
+
+
+def _chunks(image_set: ImageSet, side: int, progress: bool, rows: int) -> Iterator[torch.Tensor]:
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(image_set), desc=f"resize to {side}px", unit="img", leave=False)
+    for start in range(0, len(image_set), rows):
+        stop = min(start + rows, len(image_set))
+        yield _resized(image_set, side, start, stop)
+        if bar is not None:
+            bar.update(stop - start)
+    if bar is not None:
+        bar.close()
+
+
 def prepare(
     image_set: ImageSet, size: int, progress: bool = False, crop_fraction: float = CROP_FRACTION
 ) -> torch.Tensor:
@@ -33,18 +62,43 @@ def prepare(
     center-cropped to a square (gray → RGB)."""
     side = stored_size(size, crop_fraction)
     out = torch.empty(len(image_set), 3, side, side, dtype=torch.uint8)
-    items = range(len(image_set))
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(items, desc=f"resize to {side}px", unit="img", leave=False)
-    for i in items:
-        image = torch.from_numpy(np.array(image_set.images[i])).permute(2, 0, 1)
-        if image.shape[0] == 1:
-            image = image.expand(3, -1, -1)
-        image = TF.resize(image, side, antialias=True)
-        out[i] = TF.center_crop(image, [side, side])
+    start = 0
+    for chunk in _chunks(image_set, side, progress, 256):
+        out[start : start + len(chunk)] = chunk
+        start += len(chunk)
     return out
+
+
+def prepare_on_disk(
+    image_set: ImageSet, size: int, progress: bool = False, crop_fraction: float = CROP_FRACTION
+) -> torch.Tensor:
+    """:func:`prepare`'s images memory-mapped from ``$TRANSFERKIT_CACHE/prepared/KEY.npy``, the
+    file written a chunk of images at a time on the first use (keyed by the pixels, the size
+    and the crop): a split that does not fit in memory, read from disk a batch at a time."""
+    from transferkit.data.cache import map_rows, write_rows
+    from transferkit.data.pairs import CHUNK_BYTES, pixels_identity
+    from transferkit.data.root import cache_dir
+
+    side = stored_size(size, crop_fraction)
+    key = {"side": side, "count": len(image_set), "pixels": pixels_identity(image_set)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir() / "prepared" / f"{side}px-{digest}.npy"
+    shape = (len(image_set), 3, side, side)
+    images = map_rows(path, shape, np.uint8)
+    if images is None:
+        rows = max(1, CHUNK_BYTES // (3 * side * side))
+        chunks = (chunk.numpy() for chunk in _chunks(image_set, side, progress, rows))
+        try:
+            write_rows(path, len(image_set), chunks, empty=(shape[1:], np.uint8))
+        except OSError as exc:
+            raise TransferkitError(f"{path.parent}: could not write the resized images there "
+                                   f"({exc.strerror or exc}); they do not fit in memory, so they "
+                                   "are read from disk: free some space, or point TRANSFERKIT_CACHE "
+                                   "at a disk that has it") from None
+        images = map_rows(path, shape, np.uint8)
+        if images is None:
+            raise TransferkitError(f"{path}: written but not readable back")
+    return images
 
 
 def identity(images: torch.Tensor) -> str:

@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transferkit.data.cache import atomic_path
+from transferkit.data.cache import atomic_path, map_rows, write_rows
 from transferkit.data.images import ImageSet, RaggedImages
 from transferkit.data.loading import load_split
 from transferkit.data.root import cache_dir
@@ -234,6 +235,16 @@ def _gigabytes(count: int) -> str:
     return f"{count / 1e9:.3g} GB"
 
 
+def streaming_notice(what: str, needed: int, size: int, budget: int, kept: str,
+                     folders: tuple[str, ...]) -> None:
+    """Say (on stderr) that ``what`` is read from disk because it does not fit in memory."""
+    where = " and ".join(str(cache_dir() / f) for f in folders)
+    print(f"transferkit: streaming {what} from disk: its images take {_gigabytes(needed)} in "
+          f"memory at {size} px, over the memory budget of {_gigabytes(budget)} "
+          f"({MEMORY_BUDGET_ENV}, else half the memory available); their {kept} in {where}",
+          file=sys.stderr)
+
+
 def _chunk(image_set: ImageSet, start: int, stop: int) -> ImageSet:
     """Images ``start:stop`` of ``image_set`` as a set of their own, without copying pixels."""
     images = image_set.images
@@ -245,7 +256,7 @@ def _chunk(image_set: ImageSet, start: int, stop: int) -> ImageSet:
     return ImageSet(part, image_set.labels[start:stop], image_set.classes)
 
 
-def _pixels_identity(image_set: ImageSet) -> dict[str, object]:
+def pixels_identity(image_set: ImageSet) -> dict[str, object]:
     """What a split's pixels are: the decode cache's files (path, size, modification time) where
     they are memory-mapped from it, else a hash of the pixels, read a chunk at a time."""
     images = image_set.images
@@ -275,7 +286,7 @@ def common_form_path(name: str, image_set: ImageSet, size: int, channels: int, g
     its pixels and everything that turns them into the common form."""
     key = {"version": COMMON_CACHE_VERSION, "count": len(image_set), "size": size,
            "channels": channels, "geometry": geometry, "binarize": binarized,
-           "pixels": _pixels_identity(image_set)}
+           "pixels": pixels_identity(image_set)}
     blob = json.dumps(key, sort_keys=True).encode()
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[-60:]
     return cache_dir() / "common" / f"{safe}-{hashlib.sha256(blob).hexdigest()[:24]}.npy"
@@ -284,17 +295,16 @@ def common_form_path(name: str, image_set: ImageSet, size: int, channels: int, g
 def _open_common(path: Path, shape: tuple[int, ...]) -> tuple[torch.Tensor, list[int]] | None:
     """The common form at ``path``, memory-mapped, and its per-channel sums; None when the file
     or its record is missing, truncated, of another shape or type, or unreadable."""
+    images = map_rows(path, shape, np.uint8)
     try:
         record = json.loads(path.with_suffix(".json").read_text())
-        array = np.load(path, mmap_mode="c")  # copy-on-write: torch may hold it, nothing writes it
         sums = [int(v) for v in record["sums"]]
-        if (array.dtype != np.uint8 or tuple(array.shape) != shape or not array.flags.c_contiguous
-                or record["shape"] != list(shape) or path.stat().st_size != record["bytes"]
+        if (images is None or record["shape"] != list(shape) or path.stat().st_size != record["bytes"]
                 or len(sums) != shape[1]):
             return None
-    except (OSError, ValueError, KeyError, TypeError, EOFError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return torch.from_numpy(array), sums
+    return images, sums
 
 
 def common_form_on_disk(
@@ -311,20 +321,18 @@ def common_form_on_disk(
     labels = torch.from_numpy(np.array(image_set.labels, dtype=np.int64))
     opened = _open_common(path, shape)
     if opened is None:
+        sums = np.zeros(channels, dtype=np.int64)
+        step = max(1, min(4096, CHUNK_BYTES // (channels * size * size)))
+
+        def chunks() -> Iterator[np.ndarray]:
+            for start in range(0, len(image_set), step):
+                part = _chunk(image_set, start, min(start + step, len(image_set)))
+                common = to_common_form(binarize(part) if binarized else part, size, channels, geometry)
+                sums[:] += common.sum(dim=(0, 2, 3), dtype=torch.int64).numpy()
+                yield common.numpy()
+
         try:
-            sums = np.zeros(channels, dtype=np.int64)
-            step = max(1, min(4096, CHUNK_BYTES // (channels * size * size)))
-            with atomic_path(path, suffix=".tmp.npy") as tmp:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-                for start in range(0, len(image_set), step):
-                    part = _chunk(image_set, start, min(start + step, len(image_set)))
-                    common = to_common_form(binarize(part) if binarized else part, size, channels,
-                                            geometry)
-                    out[start : start + len(common)] = common.numpy()
-                    sums += common.sum(dim=(0, 2, 3), dtype=torch.int64).numpy()
-                out.flush()
-                del out
-                written = tmp.stat().st_size
+            written = write_rows(path, len(image_set), chunks(), empty=(shape[1:], np.uint8))
             record = {"shape": list(shape), "bytes": written, "sums": [int(v) for v in sums]}
             with atomic_path(path.with_suffix(".json")) as tmp:
                 tmp.write_text(json.dumps(record))
@@ -409,10 +417,7 @@ def load_pair(
         sum(len(parts[key]) * 3 * size * size for key in train)
     budget = memory_budget()
     if budget is not None and needed > budget:
-        print(f"transferkit: streaming {source} → {target} from disk: its images take "
-              f"{_gigabytes(needed)} in memory at {size} px, over the memory budget of "
-              f"{_gigabytes(budget)} ({MEMORY_BUDGET_ENV}, else half the memory available); "
-              f"their common form is kept in {cache_dir() / 'common'}", file=sys.stderr)
+        streaming_notice(f"{source} → {target}", needed, size, budget, "common form is kept", ("common",))
         splits, sums = {}, {}
         for key, part in parts.items():
             name = f"{source if key[0] == 'source' else target}-{key[1]}"

@@ -13,15 +13,19 @@ unlimited-augmentation path, and the baseline for measuring what caching saves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from transferkit.data import imaging
-from transferkit.data.cache import atomic_path
+from transferkit.data.cache import atomic_path, map_rows, write_rows
 from transferkit.data.root import cache_dir
 from transferkit.models.backbones import Backbone
 
@@ -39,7 +43,6 @@ def save_atomic(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-@torch.inference_mode()
 def compute(
     backbone: Backbone,
     images: torch.Tensor,
@@ -53,26 +56,41 @@ def compute(
 ) -> torch.Tensor:
     """Outputs of ``stages[:stop]`` for uint8 images (augmented when a generator is given),
     as float16 on the CPU."""
+    return torch.cat(list(compute_chunks(backbone, images, stop, size, device, batch_size, generator,
+                                         progress, flip))).contiguous()
+
+
+def compute_chunks(
+    backbone: Backbone,
+    images: torch.Tensor,
+    stop: int,
+    size: int,
+    device: torch.device,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    progress: str | None = None,
+    flip: bool = True,
+) -> Iterator[torch.Tensor]:
+    """:func:`compute` a batch at a time."""
     backbone.eval()
     spec = backbone.spec
-    chunks = []
     starts = range(0, len(images), batch_size)
     if progress:
         from tqdm import tqdm
 
         starts = tqdm(starts, desc=progress, unit="batch", leave=False)
     for start in starts:
-        batch = images[start : start + batch_size]
-        batch = (
-            imaging.augment(batch, size, generator, flip)
-            if generator is not None
-            else imaging.center(batch, size)
-        )
-        x = imaging.normalize(batch.to(device), spec.mean, spec.std).contiguous(
-            memory_format=torch.channels_last
-        )
-        chunks.append(backbone(x, 0, stop).half().cpu())
-    return torch.cat(chunks).contiguous()
+        with torch.inference_mode():
+            batch = images[start : start + batch_size]
+            batch = (
+                imaging.augment(batch, size, generator, flip)
+                if generator is not None
+                else imaging.center(batch, size)
+            )
+            x = imaging.normalize(batch.to(device), spec.mean, spec.std).contiguous(
+                memory_format=torch.channels_last
+            )
+            yield backbone(x, 0, stop).half().cpu()
 
 
 def cached_views(
@@ -86,9 +104,12 @@ def cached_views(
     progress: bool = True,
     label: str = "",
     flip: bool = True,
+    on_disk: bool = False,
 ) -> list[torch.Tensor]:
     """``views`` augmented passes (``views=1`` and ``seed<0``: the center crop) of the prefix,
-    from the disk cache when the same backbone, pixels and crops were computed before."""
+    from the disk cache when the same backbone, pixels and crops were computed before.
+    ``on_disk``: written a batch at a time and memory-mapped from the cache, for images that
+    do not fit in memory (with random weights, which are not cached, they are kept in memory)."""
     cacheable = backbone.spec.weights_id != "random"
     pixels = imaging.identity(images) if cacheable else ""
     out = []
@@ -111,29 +132,30 @@ def cached_views(
         }
         path = _cache_path(key)
         if cacheable and path.is_file():
-            out.append(torch.from_numpy(np.load(path)))
-            continue
+            kept = map_rows(path) if on_disk else torch.from_numpy(np.load(path))
+            if kept is not None:
+                out.append(kept)
+                continue
         generator = None
         if augmented:
             generator = torch.Generator().manual_seed(seed * 1000 + view)
         desc = f"{label} {'view ' + str(view + 1) + '/' + str(views) if augmented else 'center crop'}"
-        result = compute(
-            backbone,
-            images,
-            stop,
-            size,
-            device,
-            generator=generator,
-            progress=desc if progress else None,
-            flip=flip,
-        )
+        chunks = compute_chunks(backbone, images, stop, size, device, generator=generator,
+                                progress=desc if progress else None, flip=flip)
+        if cacheable and on_disk:  # a batch at a time to the file, then read from it
+            write_rows(path, len(images), (chunk.numpy() for chunk in chunks))
+            kept = map_rows(path)
+            if kept is None:
+                raise OSError(f"{path}: written but not readable back")
+            out.append(kept)
+            continue
+        result = torch.cat(list(chunks)).contiguous()
         if cacheable:
             save_atomic(path, result.numpy())
         out.append(result)
     return out
 
 
-@torch.inference_mode()
 def extend(
     backbone: Backbone,
     views: list[torch.Tensor],
@@ -141,14 +163,37 @@ def extend(
     stop: int,
     device: torch.device,
     batch_size: int = 256,
+    on_disk: bool = False,
 ) -> list[torch.Tensor]:
-    """Run cached outputs of ``stages[:start]`` on through ``stages[start:stop]``."""
+    """Run cached outputs of ``stages[:start]`` on through ``stages[start:stop]``.
+    ``on_disk``: each view's outputs written a batch at a time to a file of the cache and
+    memory-mapped from it (the file is unlinked at once; the mapping holds it until freed)."""
     backbone.eval()
     out = []
     for view in views:
-        chunks = [
-            backbone(view[i : i + batch_size].to(device).float(), start, stop).half().cpu()
-            for i in range(0, len(view), batch_size)
-        ]
-        out.append(torch.cat(chunks))
+        chunks = _extend_chunks(backbone, view, start, stop, device, batch_size)
+        if not on_disk:
+            out.append(torch.cat(list(chunks)))
+            continue
+        folder = cache_dir() / "activations"
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".extended-", suffix=".npy")
+        os.close(handle)
+        path = Path(name)
+        try:
+            write_rows(path, len(view), (chunk.numpy() for chunk in chunks))
+            mapped = map_rows(path)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if mapped is None:
+            raise OSError(f"{path}: written but not readable back")
+        out.append(mapped)
     return out
+
+
+def _extend_chunks(backbone: Backbone, view: torch.Tensor, start: int, stop: int,
+                   device: torch.device, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, len(view), batch_size):
+        with torch.inference_mode():
+            yield backbone(view[i : i + batch_size].to(device).float(), start, stop).half().cpu()
