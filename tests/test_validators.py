@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -149,3 +150,19 @@ def test_select_keeps_the_epoch_a_label_free_validator_scores_highest(tmp_path):
         DomainAdapter(**settings, select="im")
     with pytest.raises(TransferkitError, match="SA"):
         DomainAdapter(**{**settings, "method": "sa"}, run_dir=run, select="im")
+
+
+def test_model_scores_leave_out_source_accuracy_where_the_source_has_no_test_split(tmp_path):
+    """SYN SIGNS has no test split: the validators still score, source accuracy is left out."""
+    from transferkit.validators import VALIDATORS, model_scores
+
+    root = write_digit_pair(tmp_path / "data")
+    adapter = DomainAdapter(method="dann", network="mnist", image_size=28, epochs=1,
+                            steps_per_epoch=2, batch_size=8, device="cpu", data_root=root,
+                            progress=False).fit("mnist", "mnist_m")
+    pair, model = adapter.pair_, adapter.model_
+    images = pair.target_train.images[:40]
+    names = (*VALIDATORS, "source_accuracy")
+    assert set(model_scores(model, pair, images, names)) == set(names)
+    scores = model_scores(model, dataclasses.replace(pair, source_test=None), images, names)
+    assert set(scores) == set(VALIDATORS) and all(math.isfinite(v) for v in scores.values())

@@ -815,9 +815,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "threads (on a small CPU, 2 one-thread runs beat 1 two-thread run; "
                             "default %(default)s)")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    bench.add_argument("--input-norm", choices=("none", "instance"), default="none",
+    bench.add_argument("--input-norm", choices=("none", "instance", "auto"), default="none",
                        help="ganin2016: the digit networks normalize each image first (see adapt "
-                            "--input-norm); default none, the paper's")
+                            "--input-norm; auto: on the MNIST network only); default none, the "
+                            "paper's")
     bench.add_argument("--select", choices=("last", *SELECTOR_NAMES), default="last",
                        help="ganin2016: every run keeps the epoch a label-free validator scores "
                             "highest (see adapt --select); default: the protocol's last epoch")

@@ -106,8 +106,8 @@ def model_scores(method, pair, images: torch.Tensor, names: tuple[str, ...] = SE
                  ) -> dict[str, float]:
     """``names`` (validators, and ``source_accuracy``) of ``method`` in inference mode: the
     validators on its class probabilities for ``images`` (unlabeled target images), source
-    accuracy on the pair's source test split. The one scoring of ``choose_epoch`` and the
-    validator study."""
+    accuracy on the pair's source test split (left out where the source has none: SYN SIGNS).
+    The one scoring of ``choose_epoch`` and the validator study."""
     from transferkit.training.loop import evaluate, run_batches
 
     scores: dict[str, float] = {}
@@ -116,7 +116,7 @@ def model_scores(method, pair, images: torch.Tensor, names: tuple[str, ...] = SE
         with torch.no_grad():
             probabilities = torch.softmax(run_batches(method, images, pair).float(), dim=1)
         scores = label_free_scores(probabilities, pair.source_train.labels, validators)
-    if "source_accuracy" in names:
+    if "source_accuracy" in names and pair.source_test is not None:
         scores["source_accuracy"] = evaluate(method, pair.source_test, pair)
     return scores
 
