@@ -42,3 +42,50 @@ def test_a_cache_that_cannot_be_written_still_returns_the_data(tmp_path, monkeyp
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(blocker / "cache"))
     write_image_zip(tmp_path / "mnist_m" / "test.zip", random_images(2, 32, 3), [0, 1])
     assert len(load_split("mnist_m", "test", tmp_path)) == 2
+
+
+def test_rows_written_a_chunk_at_a_time_map_back_read_only(tmp_path):
+    import warnings
+
+    import torch
+
+    from transferkit.data.cache import map_rows, write_rows
+
+    rows = np.arange(5 * 3 * 4, dtype=np.uint8).reshape(5, 3, 4)
+    path = tmp_path / "rows.npy"
+    size = write_rows(path, 5, (rows[:2], rows[2:]))
+    assert size == path.stat().st_size and np.array_equal(np.load(path), rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not writable" warning reaches the user
+        mapped = map_rows(path, (5, 3, 4), np.uint8)
+    assert torch.equal(mapped, torch.from_numpy(rows))
+    assert map_rows(path, (4, 3, 4)) is None and map_rows(tmp_path / "missing.npy") is None
+    empty = tmp_path / "empty.npy"
+    write_rows(empty, 0, (), empty=((3, 4), np.uint8))
+    assert np.load(empty).shape == (0, 3, 4)
+
+
+def test_a_write_that_fails_midway_leaves_no_file_and_says_why(tmp_path):
+    import errno
+
+    import pytest
+
+    from transferkit.data.cache import disk_error, write_rows
+    from transferkit.errors import TransferkitError
+
+    def full_disk():
+        yield np.zeros((2, 3), np.uint8)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_rows(tmp_path / "rows.npy", 4, full_disk())
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary one
+    with pytest.raises(ValueError, match="2 rows arrived, 4 expected"):
+        write_rows(tmp_path / "rows.npy", 4, iter([np.zeros((2, 3), np.uint8)]))
+    with pytest.raises(ValueError, match="a chunk of rows"):
+        write_rows(tmp_path / "rows.npy", 4, iter([np.zeros((2, 3), np.uint8), np.zeros((2, 5), np.uint8)]))
+    assert list(tmp_path.iterdir()) == []
+    full = disk_error(tmp_path, OSError(errno.ENOSPC, "No space left on device"), "the resized images")
+    denied = disk_error(tmp_path, OSError(errno.EACCES, "Permission denied"), "the resized images")
+    assert isinstance(full, TransferkitError) and str(tmp_path) in str(full) and "free some space" in str(full)
+    assert "No space left" in str(full) and "free some space" not in str(denied) and "write" in str(denied)

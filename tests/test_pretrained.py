@@ -434,3 +434,20 @@ def test_views_zero_recomputes_instead_of_caching(photos, tmp_path, monkeypatch)
     for recipe in ("extract", "finetune"):
         result = run(_config(photos, recipe=recipe, views=0, unfreeze="1"), tmp_path / recipe, progress=False)
         assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+def test_frozen_stage_outputs_come_a_batch_at_a_time_without_leaking_inference_mode():
+    """The generators compute in inference mode but hand each batch over outside it: code the
+    caller runs between batches (or after a failed write) still records gradients."""
+    backbone = build_backbone("small_convnet", "random").eval()
+    images = torch.randint(0, 256, (10, 3, 36, 36), dtype=torch.uint8)
+    chunks = activations.compute_chunks(backbone, images, 2, 32, torch.device("cpu"), batch_size=4)
+    first = next(chunks)
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    rest = list(chunks)
+    assert [len(c) for c in (first, *rest)] == [4, 4, 2]
+    assert torch.equal(torch.cat([first, *rest]), activations.compute(backbone, images, 2, 32, torch.device("cpu"),
+                                                                     batch_size=4))
+    extended = activations._extend_chunks(backbone, torch.cat([first, *rest]), 2, 3, torch.device("cpu"), 4)
+    next(extended)
+    assert not torch.is_inference_mode_enabled()

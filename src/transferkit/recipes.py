@@ -281,10 +281,17 @@ def _run(
         write_config(out, record)
     named = [(n, s) for n, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
              if s is not None]
-    on_disk = prepared is None and _over_budget(config.data, named, size, backbone.spec.crop_fraction)
+    # rank 0 decides (the processes' free memory differs) and writes the files first; the
+    # others then find them (on its machine) instead of resizing every image again
+    on_disk = bool(distributed.broadcast_object(
+        prepared is None and _over_budget(config.data, named, size, backbone.spec.crop_fraction)))
     if prepared is None:
         prepare = imaging.prepare_on_disk if on_disk else imaging.prepare
+        if on_disk and not distributed.is_writer():
+            distributed.barrier()
         prepared = {name: prepare(s, size, progress, backbone.spec.crop_fraction) for name, s in named}
+        if on_disk and distributed.is_writer():
+            distributed.barrier()
     labels = {
         name: torch.as_tensor(np.array(s.labels))
         for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))

@@ -7,11 +7,13 @@ temporary folder and renamed into place, so an interrupted decode never leaves a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from transferkit.data.images import ImageSet, RaggedImages
+from transferkit.errors import TransferkitError
 
 CACHE_VERSION = 1
 
@@ -47,36 +50,62 @@ def write_rows(path: Path, count: int, chunks: Iterable[np.ndarray],
     """``count`` rows arriving a chunk at a time, written to ``path`` as one ``.npy`` file whole
     or not at all (:func:`atomic_path`), without holding more than a chunk in memory. ``empty``
     (a row's shape, the type) writes a file of no rows when none come. Returns the file's size
-    in bytes."""
-    with atomic_path(path, suffix=".tmp.npy") as tmp:
-        out, start = None, 0
+    in bytes. Plain writes, not a writable memory map, so a full disk is an ``OSError``
+    (ENOSPC), not the SIGBUS a map's page fault would give."""
+    with atomic_path(path, suffix=".tmp.npy") as tmp, open(tmp, "wb") as f:
+        row, start = None, 0
+
+        def header(shape: tuple[int, ...], dtype: object) -> None:
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                "fortran_order": False, "shape": (count, *shape)})
+
         if count == 0 and empty is not None:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=empty[1], shape=(0, *empty[0]))
+            row = (tuple(empty[0]), np.dtype(empty[1]))
+            header(*row)
         for chunk in chunks:
-            if out is None:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=chunk.dtype,
-                                                shape=(count, *chunk.shape[1:]))
-            out[start : start + len(chunk)] = chunk
+            chunk = np.ascontiguousarray(chunk)
+            if row is None:
+                row = (chunk.shape[1:], chunk.dtype)
+                header(*row)
+            elif (chunk.shape[1:], chunk.dtype) != row:
+                raise ValueError(f"{path}: a chunk of rows {chunk.shape[1:]} {chunk.dtype} after rows "
+                                 f"{row[0]} {row[1]}")
+            f.write(memoryview(chunk).cast("B"))
             start += len(chunk)
-        if out is None or start != count:
+        if row is None or start != count:
             raise ValueError(f"{path}: {start} rows arrived, {count} expected")
-        out.flush()
-        del out
-        return tmp.stat().st_size
+        f.flush()
+        return f.tell()
 
 
 def map_rows(path: Path, shape: tuple[int, ...] | None = None, dtype: object = None) -> torch.Tensor | None:
-    """The ``.npy`` file at ``path`` memory-mapped (copy-on-write: a tensor may hold it, nothing
-    writes it), as a tensor; None when it is missing, unreadable, truncated, or not of
-    ``shape``/``dtype`` where they are given."""
+    """The ``.npy`` file at ``path`` memory-mapped read-only, as a tensor (nothing writes to
+    it: batches are copied out of it; a read-only shared map, unlike a copy-on-write one, is not
+    charged against memory, so a file larger than memory maps); None when it is missing,
+    truncated, or not of ``shape``/``dtype`` where they are given. Other errors (permissions,
+    I/O) are raised."""
     try:
-        array = np.load(path, mmap_mode="c")
-    except (OSError, ValueError, EOFError):
+        array = np.load(path, mmap_mode="r")
+    except (FileNotFoundError, ValueError, EOFError):
         return None
     if ((shape is not None and tuple(array.shape) != tuple(shape))
             or (dtype is not None and array.dtype != dtype) or not array.flags.c_contiguous):
         return None
-    return torch.from_numpy(array)
+    with warnings.catch_warnings():  # read-only by design; torch warns that it is not writable
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def disk_error(folder: Path, exc: OSError, what: str) -> TransferkitError:
+    """The one-line error for ``what`` that could not be written to (or read from) ``folder``
+    of the cache: images that do not fit in memory are kept there."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some space, or point TRANSFERKIT_CACHE at a disk that has it"
+    else:
+        hint = "point TRANSFERKIT_CACHE at a folder this user can write"
+    return TransferkitError(f"{folder}: could not keep {what} there ({exc.strerror or exc}); they do "
+                            f"not fit in memory, so they are read from disk: {hint}")
 
 
 def cache_key(parts: dict[str, object], files: list[Path]) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torchvision
 import torchvision.transforms.v2.functional as TF
 
 from transferkit.data.images import ImageSet
@@ -23,6 +24,7 @@ from transferkit.errors import TransferkitError
 CROP_FRACTION = 0.875
 SCALE = (0.35, 1.0)
 RATIO = (3 / 4, 4 / 3)
+PREPARED_CACHE_VERSION = 1  # raise when _resized changes what it stores
 
 
 def stored_size(size: int, crop_fraction: float = CROP_FRACTION) -> int:
@@ -73,31 +75,30 @@ def prepare_on_disk(
     image_set: ImageSet, size: int, progress: bool = False, crop_fraction: float = CROP_FRACTION
 ) -> torch.Tensor:
     """:func:`prepare`'s images memory-mapped from ``$TRANSFERKIT_CACHE/prepared/KEY.npy``, the
-    file written a chunk of images at a time on the first use (keyed by the pixels, the size
-    and the crop): a split that does not fit in memory, read from disk a batch at a time."""
-    from transferkit.data.cache import map_rows, write_rows
+    file written a chunk of images at a time on the first use (keyed by the pixels, the stored
+    side — size and crop — and the resize's version): a split that does not fit in memory,
+    read from disk a batch at a time."""
+    from transferkit.data.cache import disk_error, map_rows, write_rows
     from transferkit.data.pairs import CHUNK_BYTES, pixels_identity
     from transferkit.data.root import cache_dir
 
     side = stored_size(size, crop_fraction)
-    key = {"side": side, "count": len(image_set), "pixels": pixels_identity(image_set)}
+    key = {"version": PREPARED_CACHE_VERSION, "torchvision": torchvision.__version__, "side": side,
+           "count": len(image_set), "pixels": pixels_identity(image_set)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / "prepared" / f"{side}px-{digest}.npy"
     shape = (len(image_set), 3, side, side)
-    images = map_rows(path, shape, np.uint8)
-    if images is None:
-        rows = max(1, CHUNK_BYTES // (3 * side * side))
-        chunks = (chunk.numpy() for chunk in _chunks(image_set, side, progress, rows))
-        try:
-            write_rows(path, len(image_set), chunks, empty=(shape[1:], np.uint8))
-        except OSError as exc:
-            raise TransferkitError(f"{path.parent}: could not write the resized images there "
-                                   f"({exc.strerror or exc}); they do not fit in memory, so they "
-                                   "are read from disk: free some space, or point TRANSFERKIT_CACHE "
-                                   "at a disk that has it") from None
+    try:
         images = map_rows(path, shape, np.uint8)
         if images is None:
-            raise TransferkitError(f"{path}: written but not readable back")
+            rows = max(1, CHUNK_BYTES // (3 * side * side))
+            chunks = (chunk.numpy() for chunk in _chunks(image_set, side, progress, rows))
+            write_rows(path, len(image_set), chunks, empty=(shape[1:], np.uint8))
+            images = map_rows(path, shape, np.uint8)
+    except OSError as exc:
+        raise disk_error(path.parent, exc, "the resized images") from None
+    if images is None:
+        raise TransferkitError(f"{path}: written but not readable back")
     return images
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transferkit.data.cache import atomic_path, map_rows, write_rows
+from transferkit.data.cache import atomic_path, disk_error, map_rows, write_rows
 from transferkit.data.images import ImageSet, RaggedImages
 from transferkit.data.loading import load_split
 from transferkit.data.root import cache_dir
@@ -295,8 +295,8 @@ def common_form_path(name: str, image_set: ImageSet, size: int, channels: int, g
 def _open_common(path: Path, shape: tuple[int, ...]) -> tuple[torch.Tensor, list[int]] | None:
     """The common form at ``path``, memory-mapped, and its per-channel sums; None when the file
     or its record is missing, truncated, of another shape or type, or unreadable."""
-    images = map_rows(path, shape, np.uint8)
     try:
+        images = map_rows(path, shape, np.uint8)
         record = json.loads(path.with_suffix(".json").read_text())
         sums = [int(v) for v in record["sums"]]
         if (images is None or record["shape"] != list(shape) or path.stat().st_size != record["bytes"]
@@ -337,10 +337,7 @@ def common_form_on_disk(
             with atomic_path(path.with_suffix(".json")) as tmp:
                 tmp.write_text(json.dumps(record))
         except OSError as exc:
-            raise TransferkitError(f"{path.parent}: could not write the common form of {name} there "
-                                   f"({exc.strerror or exc}); these images do not fit in memory, so "
-                                   "they are streamed from disk: free some space, or point "
-                                   "TRANSFERKIT_CACHE at a disk that has it") from None
+            raise disk_error(path.parent, exc, f"the common form of {name}") from None
         opened = _open_common(path, shape)
         if opened is None:
             raise TransferkitError(f"{path}: written but not readable back")

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from transferkit.data import imaging
-from transferkit.data.cache import atomic_path, map_rows, write_rows
+from transferkit.data.cache import atomic_path, disk_error, map_rows, write_rows
 from transferkit.data.root import cache_dir
+from transferkit.errors import TransferkitError
 from transferkit.models.backbones import Backbone
 
 ACTIVATION_CACHE_VERSION = 1
@@ -90,7 +91,8 @@ def compute_chunks(
             x = imaging.normalize(batch.to(device), spec.mean, spec.std).contiguous(
                 memory_format=torch.channels_last
             )
-            yield backbone(x, 0, stop).half().cpu()
+            out = backbone(x, 0, stop).half().cpu()
+        yield out  # outside inference mode: the caller's code between batches keeps its gradients
 
 
 def cached_views(
@@ -132,7 +134,10 @@ def cached_views(
         }
         path = _cache_path(key)
         if cacheable and path.is_file():
-            kept = map_rows(path) if on_disk else torch.from_numpy(np.load(path))
+            try:
+                kept = map_rows(path) if on_disk else torch.from_numpy(np.load(path))
+            except (OSError, ValueError):  # unreadable: computed again and rewritten
+                kept = None
             if kept is not None:
                 out.append(kept)
                 continue
@@ -143,10 +148,13 @@ def cached_views(
         chunks = compute_chunks(backbone, images, stop, size, device, generator=generator,
                                 progress=desc if progress else None, flip=flip)
         if cacheable and on_disk:  # a batch at a time to the file, then read from it
-            write_rows(path, len(images), (chunk.numpy() for chunk in chunks))
-            kept = map_rows(path)
+            try:
+                write_rows(path, len(images), (chunk.numpy() for chunk in chunks))
+                kept = map_rows(path)
+            except OSError as exc:
+                raise disk_error(path.parent, exc, "the frozen stages' outputs") from None
             if kept is None:
-                raise OSError(f"{path}: written but not readable back")
+                raise TransferkitError(f"{path}: written but not readable back")
             out.append(kept)
             continue
         result = torch.cat(list(chunks)).contiguous()
@@ -176,18 +184,21 @@ def extend(
             out.append(torch.cat(list(chunks)))
             continue
         folder = cache_dir() / "activations"
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=folder, prefix=".extended-", suffix=".npy")
-        os.close(handle)
-        path = Path(name)
         try:
-            write_rows(path, len(view), (chunk.numpy() for chunk in chunks))
-            mapped = map_rows(path)
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=folder, prefix=".extended-", suffix=".npy")
+            os.close(handle)
+            path = Path(name)
+            try:
+                write_rows(path, len(view), (chunk.numpy() for chunk in chunks))
+                mapped = map_rows(path)
+            finally:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        except OSError as exc:
+            raise disk_error(folder, exc, "the frozen stages' outputs") from None
         if mapped is None:
-            raise OSError(f"{path}: written but not readable back")
+            raise TransferkitError(f"{path}: written but not readable back")
         out.append(mapped)
     return out
 
@@ -196,4 +207,5 @@ def _extend_chunks(backbone: Backbone, view: torch.Tensor, start: int, stop: int
                    device: torch.device, batch_size: int) -> Iterator[torch.Tensor]:
     for i in range(0, len(view), batch_size):
         with torch.inference_mode():
-            yield backbone(view[i : i + batch_size].to(device).float(), start, stop).half().cpu()
+            out = backbone(view[i : i + batch_size].to(device).float(), start, stop).half().cpu()
+        yield out
