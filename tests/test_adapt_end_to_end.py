@@ -393,3 +393,20 @@ def test_benchmark_passes_input_norm_and_select_to_every_run(digit_root, tmp_pat
                                                   run / "epochs" / "epoch-2.safetensors"]
     report = json.loads((out / "results.json").read_text())
     assert report["rows"][0]["selected_by"].startswith("class_shares")
+
+
+def test_a_resumed_run_trains_to_the_weights_of_an_uninterrupted_one(digit_root, tmp_path, monkeypatch):
+    """Interrupted after epoch 1 and resumed, a self-training run on the sign network (dropout,
+    augmentation, pseudo-labels: every random stream the loop draws) ends on the same weights,
+    bit for bit, as the same run never interrupted."""
+    common = dict(method="dann_fixmatch", network="gtsrb", image_size=40, input_norm="instance",
+                  epochs=2, steps_per_epoch=2, batch_size=8, device="cpu", data_root=digit_root,
+                  progress=False, keep_epochs=True)
+    DomainAdapter(**common, run_dir=tmp_path / "whole").fit("mnist", "mnist_m")
+    interrupt_after_first_checkpoint(
+        monkeypatch, lambda: DomainAdapter(**common, run_dir=tmp_path / "resumed").fit("mnist", "mnist_m"))
+    DomainAdapter(**common, run_dir=tmp_path / "resumed").fit("mnist", "mnist_m")
+    whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert set(whole) == set(resumed)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
