@@ -87,5 +87,6 @@ def test_a_write_that_fails_midway_leaves_no_file_and_says_why(tmp_path):
     assert list(tmp_path.iterdir()) == []
     full = disk_error(tmp_path, OSError(errno.ENOSPC, "No space left on device"), "the resized images")
     denied = disk_error(tmp_path, OSError(errno.EACCES, "Permission denied"), "the resized images")
-    assert isinstance(full, TransferkitError) and str(tmp_path) in str(full) and "free some space" in str(full)
+    assert isinstance(full, TransferkitError) and str(tmp_path) in str(full)
+    assert "free some space" in str(full)
     assert "No space left" in str(full) and "free some space" not in str(denied) and "write" in str(denied)

@@ -446,8 +446,9 @@ def test_frozen_stage_outputs_come_a_batch_at_a_time_without_leaking_inference_m
     assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
     rest = list(chunks)
     assert [len(c) for c in (first, *rest)] == [4, 4, 2]
-    assert torch.equal(torch.cat([first, *rest]), activations.compute(backbone, images, 2, 32, torch.device("cpu"),
-                                                                     batch_size=4))
-    extended = activations._extend_chunks(backbone, torch.cat([first, *rest]), 2, 3, torch.device("cpu"), 4)
+    cpu = torch.device("cpu")
+    joined = torch.cat([first, *rest])
+    assert torch.equal(joined, activations.compute(backbone, images, 2, 32, cpu, batch_size=4))
+    extended = activations._extend_chunks(backbone, joined, 2, 3, cpu, 4)
     next(extended)
     assert not torch.is_inference_mode_enabled()

@@ -20,6 +20,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,21 +45,12 @@ def save_atomic(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def compute(
-    backbone: Backbone,
-    images: torch.Tensor,
-    stop: int,
-    size: int,
-    device: torch.device,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    progress: str | None = None,
-    flip: bool = True,
-) -> torch.Tensor:
+def compute(backbone: Backbone, images: torch.Tensor, stop: int, size: int, device: torch.device,
+            *options: Any, **named: Any) -> torch.Tensor:
     """Outputs of ``stages[:stop]`` for uint8 images (augmented when a generator is given),
-    as float16 on the CPU."""
-    return torch.cat(list(compute_chunks(backbone, images, stop, size, device, batch_size, generator,
-                                         progress, flip))).contiguous()
+    as float16 on the CPU: :func:`compute_chunks` (and its options) joined."""
+    chunks = compute_chunks(backbone, images, stop, size, device, *options, **named)
+    return torch.cat(list(chunks)).contiguous()
 
 
 def compute_chunks(
@@ -72,7 +64,7 @@ def compute_chunks(
     progress: str | None = None,
     flip: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """:func:`compute` a batch at a time."""
+    """:func:`compute` a batch at a time (in inference mode, each batch handed over outside it)."""
     backbone.eval()
     spec = backbone.spec
     starts = range(0, len(images), batch_size)
