@@ -67,6 +67,7 @@ def test_two_processes_of_batch_8_train_what_one_process_of_batch_16_trains(root
     assert two["target_test_accuracy"] == pytest.approx(one["target_test_accuracy"], abs=1 / 16)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # written once, by rank 0
+    assert done.stdout.count("target-test accuracy") == 1  # reported once, by rank 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
         p.name for p in single.iterdir() if not p.name.startswith("."))
 

@@ -7,7 +7,9 @@ User errors (bad arguments, missing or corrupt data) print one line on stderr an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -854,7 +856,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
             raise TransferkitError(f"{args.command} under torchrun: only {', '.join(DISTRIBUTED_COMMANDS)} "
                                    "train across processes; run it as one process")
-        with decode_progress(not getattr(args, "quiet", False)):
+        # under torchrun the other processes print nothing but their errors: rank 0 reports
+        others = distributed.launched() and int(os.environ.get("RANK", "0")) > 0
+        with contextlib.ExitStack() as stack:
+            if others:
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            stack.enter_context(decode_progress(not getattr(args, "quiet", False) and not others))
             return args.run(args)
     except TransferkitError as exc:
         if args.debug:
