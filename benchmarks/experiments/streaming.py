@@ -86,7 +86,8 @@ def report(args, runs, rounds, load_before, started, size, cold_read, warm_read,
         "machine": describe_machine(torch.device("cpu"), f"{torch.get_num_threads()} thread(s)"),
         "cpu_cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "load_average_before": load_before, "load_average_after": load_after,
-        "shared_cpu": "other evaluation runs shared these cores throughout (see the load averages)",
+        "niceness": os.nice(0),
+        "lowest_cpu_share": min(r["process_cpu_share"] for rs in runs.values() for r in rs),
         "budget": f"DANN, MNIST (binarized) → MNIST-M, 1 epoch of {args.steps} steps of 64 + 64 images, "
                   f"seed 0, {default_workers} DataLoader workers where streamed",
         "training_files_mb": size / 1e6,
@@ -105,10 +106,15 @@ def report(args, runs, rounds, load_before, started, size, cold_read, warm_read,
         f"{summary['budget']}; medians over {rounds} of {args.repeats} rounds, the four ways "
         "alternated in each round. Data wait: the share of the epoch's time the loop spent "
         "getting its batches.", "",
-        f"Machine: {summary['machine']}, {os.cpu_count()} cores. **The CPU was shared** with other "
-        f"evaluation runs: load average {load_before[0]:.2f} / {load_before[1]:.2f} / "
-        f"{load_before[2]:.2f} (1 / 5 / 15 min) before, {load_after[0]:.2f} / {load_after[1]:.2f} / "
-        f"{load_after[2]:.2f} after; this run itself was `nice -n 19`.", "",
+        f"Machine: {summary['machine']}, {os.cpu_count()} cores, niceness {summary['niceness']}. "
+        + ("**The CPU was shared**: the training process got as little as "
+           f"{summary['lowest_cpu_share']:.0%} of a core in some run. "
+           if summary["lowest_cpu_share"] < 0.9 else
+           f"The training process had its core (at least {summary['lowest_cpu_share']:.0%} of it in "
+           "every run). ")
+        + f"Load average {load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f} "
+        f"(1 / 5 / 15 min) before, {load_after[0]:.2f} / {load_after[1]:.2f} / {load_after[2]:.2f} "
+        "after.", "",
         f"`{summary['command']}`", "",
         "| inputs | data wait (share of step time) | ms/step | images/s | each round's images/s | "
         "CPU share the training process got |",
