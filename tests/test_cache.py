@@ -90,3 +90,26 @@ def test_a_write_that_fails_midway_leaves_no_file_and_says_why(tmp_path):
     assert isinstance(full, TransferkitError) and str(tmp_path) in str(full)
     assert "free some space" in str(full)
     assert "No space left" in str(full) and "free some space" not in str(denied) and "write" in str(denied)
+
+
+def test_rows_on_disk_map_back_or_fail_in_one_line(tmp_path):
+    import errno
+
+    import pytest
+
+    from transferkit.data.cache import rows_on_disk
+    from transferkit.errors import TransferkitError
+
+    rows = np.arange(12, dtype=np.uint8).reshape(4, 3)
+    kept = rows_on_disk(tmp_path / "kept.npy", 4, (rows[:2], rows[2:]), "the rows")
+    assert np.array_equal(kept.numpy(), rows) and (tmp_path / "kept.npy").is_file()
+    gone = rows_on_disk(tmp_path / "gone.npy", 4, iter([rows]), "the rows", keep=False)
+    assert np.array_equal(gone.numpy(), rows) and not (tmp_path / "gone.npy").exists()
+
+    def full_disk():
+        yield rows[:2]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(TransferkitError, match="could not keep the rows there.*free some space"):
+        rows_on_disk(tmp_path / "full.npy", 4, full_disk(), "the rows")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.npy"]

@@ -292,11 +292,7 @@ def _run(
         prepared = {name: prepare(s, size, progress, backbone.spec.crop_fraction) for name, s in named}
         if on_disk and distributed.is_writer():
             distributed.barrier()
-    labels = {
-        name: torch.as_tensor(np.array(s.labels))
-        for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-        if s is not None
-    }
+    labels = {name: torch.as_tensor(np.array(s.labels)) for name, s in named}
     subset = torch.as_tensor(
         balanced_subset(labels["train"].numpy(), config.train_size, config.seed)
         if config.train_size

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +106,24 @@ def disk_error(folder: Path, exc: OSError, what: str) -> TransferkitError:
         hint = "point TRANSFERKIT_CACHE at a folder this user can write"
     return TransferkitError(f"{folder}: could not keep {what} there ({exc.strerror or exc}); they do "
                             f"not fit in memory, so they are read from disk: {hint}")
+
+
+def rows_on_disk(path: Path, count: int, chunks: Iterable[np.ndarray], what: str,
+                 empty: tuple[tuple[int, ...], object] | None = None, keep: bool = True) -> torch.Tensor:
+    """:func:`write_rows` then :func:`map_rows`: rows that do not fit in memory, read back from
+    ``path`` a batch at a time. ``keep=False`` unlinks the file once mapped (the map holds it
+    until freed). A disk that refuses ``what`` is one line (:func:`disk_error`)."""
+    try:
+        write_rows(path, count, chunks, empty)
+        mapped = map_rows(path)
+    except OSError as exc:
+        raise disk_error(path.parent, exc, what) from None
+    if not keep:
+        with suppress(OSError):  # where a mapped file cannot be unlinked, it stays
+            path.unlink()
+    if mapped is None:
+        raise TransferkitError(f"{path}: written but not readable back")
+    return mapped
 
 
 def cache_key(parts: dict[str, object], files: list[Path]) -> str:

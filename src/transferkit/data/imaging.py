@@ -19,7 +19,6 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 
 from transferkit.data.images import ImageSet
-from transferkit.errors import TransferkitError
 
 CROP_FRACTION = 0.875
 SCALE = (0.35, 1.0)
@@ -78,7 +77,7 @@ def prepare_on_disk(
     file written a chunk of images at a time on the first use (keyed by the pixels, the stored
     side — size and crop — and the resize's version): a split that does not fit in memory,
     read from disk a batch at a time."""
-    from transferkit.data.cache import disk_error, map_rows, write_rows
+    from transferkit.data.cache import disk_error, map_rows, rows_on_disk
     from transferkit.data.pairs import CHUNK_BYTES, pixels_identity
     from transferkit.data.root import cache_dir
 
@@ -90,15 +89,12 @@ def prepare_on_disk(
     shape = (len(image_set), 3, side, side)
     try:
         images = map_rows(path, shape, np.uint8)
-        if images is None:
-            rows = max(1, CHUNK_BYTES // (3 * side * side))
-            chunks = (chunk.numpy() for chunk in _chunks(image_set, side, progress, rows))
-            write_rows(path, len(image_set), chunks, empty=(shape[1:], np.uint8))
-            images = map_rows(path, shape, np.uint8)
     except OSError as exc:
         raise disk_error(path.parent, exc, "the resized images") from None
     if images is None:
-        raise TransferkitError(f"{path}: written but not readable back")
+        rows = max(1, CHUNK_BYTES // (3 * side * side))
+        chunks = (chunk.numpy() for chunk in _chunks(image_set, side, progress, rows))
+        images = rows_on_disk(path, len(image_set), chunks, "the resized images", empty=(shape[1:], np.uint8))
     return images
 
 

@@ -13,11 +13,9 @@ unlimited-augmentation path, and the baseline for measuring what caching saves.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,12 @@ import numpy as np
 import torch
 
 from transferkit.data import imaging
-from transferkit.data.cache import atomic_path, disk_error, map_rows, write_rows
+from transferkit.data.cache import atomic_path, map_rows, rows_on_disk
 from transferkit.data.root import cache_dir
-from transferkit.errors import TransferkitError
 from transferkit.models.backbones import Backbone
 
 ACTIVATION_CACHE_VERSION = 1
+OUTPUTS = "the frozen stages' outputs"  # what a disk that refuses them is told about
 
 
 def _cache_path(key: dict) -> Path:
@@ -140,14 +138,7 @@ def cached_views(
         chunks = compute_chunks(backbone, images, stop, size, device, generator=generator,
                                 progress=desc if progress else None, flip=flip)
         if cacheable and on_disk:  # a batch at a time to the file, then read from it
-            try:
-                write_rows(path, len(images), (chunk.numpy() for chunk in chunks))
-                kept = map_rows(path)
-            except OSError as exc:
-                raise disk_error(path.parent, exc, "the frozen stages' outputs") from None
-            if kept is None:
-                raise TransferkitError(f"{path}: written but not readable back")
-            out.append(kept)
+            out.append(rows_on_disk(path, len(images), (c.numpy() for c in chunks), OUTPUTS))
             continue
         result = torch.cat(list(chunks)).contiguous()
         if cacheable:
@@ -175,23 +166,8 @@ def extend(
         if not on_disk:
             out.append(torch.cat(list(chunks)))
             continue
-        folder = cache_dir() / "activations"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(dir=folder, prefix=".extended-", suffix=".npy")
-            os.close(handle)
-            path = Path(name)
-            try:
-                write_rows(path, len(view), (chunk.numpy() for chunk in chunks))
-                mapped = map_rows(path)
-            finally:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-        except OSError as exc:
-            raise disk_error(folder, exc, "the frozen stages' outputs") from None
-        if mapped is None:
-            raise TransferkitError(f"{path}: written but not readable back")
-        out.append(mapped)
+        path = cache_dir() / "activations" / f".extended-{uuid.uuid4().hex}.npy"
+        out.append(rows_on_disk(path, len(view), (c.numpy() for c in chunks), OUTPUTS, keep=False))
     return out
 
 
